@@ -1,0 +1,1 @@
+//! Signed blob format (in progress).

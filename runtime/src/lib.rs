@@ -1,0 +1,22 @@
+//! `tlsgate`: the TLS-enforcing SMTP relay.
+//!
+//! # Layout
+//! - [`config`]: the machine-local configuration (TOML).
+//! - [`policy_store`]: the signed policy in force; loading, verifying,
+//!   roll-back protection, atomic swap (T19–T21).
+//! - [`smtp`]: sans-IO protocol pieces: command parser, reply parser.
+//! - [`server`]: the receiving side (ESMTP, STARTTLS, limits, T4, T6).
+//! - [`envelope`]: what is stored about a message besides its bytes.
+//! - [`spool`]: durable storage; `250` only after fsync + rename.
+//! - [`queue`]: the retry queue: attempts, back-off, bounces (T9, T21).
+//! - [`transport`]: the seam between queue and SMTP client.
+//! - [`delivery`]: the sending side: routes (T16–T18), STARTTLS, certificate
+//!   validation (T13–T15), the TLS connectivity test (T8).
+//! - [`init`]: PID 1 of the appliance image.
+//!
+//! Data path: client → `server` → `spool` (durable) → `queue` asks
+//! `policy::CompiledPolicy::decide` per recipient → `delivery` → next hop.
+
+pub mod envelope;
+pub mod policy_store;
+pub mod transport;
