@@ -20,3 +20,10 @@
 pub mod envelope;
 pub mod policy_store;
 pub mod transport;
+pub mod config;
+pub mod delivery;
+pub mod init;
+pub mod queue;
+pub mod server;
+pub mod smtp;
+pub mod spool;

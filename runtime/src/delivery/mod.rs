@@ -1,0 +1,1 @@
+//! Sending side: routes, SMTP client, STARTTLS, certificate validation, TLS connectivity test.

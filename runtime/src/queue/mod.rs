@@ -1,0 +1,1 @@
+//! The retry queue: attempts, back-off, bounces.

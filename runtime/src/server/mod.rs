@@ -1,0 +1,1 @@
+//! Receiving side: ESMTP server, STARTTLS, limits, T4, T6.

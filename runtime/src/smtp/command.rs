@@ -1,0 +1,1 @@
+//! SMTP command parsing (sans-IO).

@@ -1,0 +1,4 @@
+//! Sans-IO SMTP protocol pieces.
+
+pub mod command;
+pub mod reply;

@@ -1,0 +1,1 @@
+//! SMTP reply parsing (sans-IO).
