@@ -18,8 +18,23 @@ use serde::{Deserialize, Serialize};
 use crate::limits::*;
 
 /// A lower-case ASCII DNS name without trailing dot (A-labels for IDNs).
+///
+/// Deserializing checks the name like [`DomainName::parse`] and refuses a
+/// name that is not already in canonical (lower-case) form.
 #[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(try_from = "heapless::String<MAX_NAME_LEN>")]
 pub struct DomainName(heapless::String<MAX_NAME_LEN>);
+
+impl TryFrom<heapless::String<MAX_NAME_LEN>> for DomainName {
+    type Error = String;
+    fn try_from(s: heapless::String<MAX_NAME_LEN>) -> Result<Self, Self::Error> {
+        let name = DomainName::parse(&s).map_err(|e| format!("`{s}`: {e}"))?;
+        if name.0 != s {
+            return Err(format!("`{s}` is not a canonical domain name"));
+        }
+        Ok(name)
+    }
+}
 
 /// Why a string is not a [`DomainName`].
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -121,10 +136,39 @@ impl fmt::Debug for DomainName {
 
 /// An IPv4 or IPv6 network (`192.0.2.0/24`, `2001:db8::/32`); a bare
 /// address is a network with the full prefix length.
+///
+/// Deserializing refuses a prefix longer than the address or host bits
+/// set below it, like [`IpNet::parse`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(try_from = "IpNetFields")]
 pub struct IpNet {
     pub addr: IpAddr,
     pub prefix: u8,
+}
+
+/// The wire shape of [`IpNet`], before its checks.
+#[derive(Deserialize)]
+struct IpNetFields {
+    addr: IpAddr,
+    prefix: u8,
+}
+
+impl TryFrom<IpNetFields> for IpNet {
+    type Error = NetError;
+    fn try_from(f: IpNetFields) -> Result<Self, Self::Error> {
+        let max = if f.addr.is_ipv4() { 32 } else { 128 };
+        if f.prefix > max {
+            return Err(NetError::Prefix(max));
+        }
+        let net = IpNet {
+            addr: f.addr,
+            prefix: f.prefix,
+        };
+        if net.network_bits() != bits(f.addr) {
+            return Err(NetError::HostBits(f.prefix));
+        }
+        Ok(net)
+    }
 }
 
 /// Why a string is not an [`IpNet`].
@@ -228,6 +272,10 @@ pub enum Enforcement {
 
 /// Certificate validation for required TLS (T13–T15).
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[allow(
+    clippy::large_enum_variant,
+    reason = "inline heapless storage is the point: the bound is in the type; these live behind `Box`ed settings/details"
+)]
 pub enum Validation {
     /// T13/T14: dates, chain to a trusted root, and a name match against the
     /// host connected to or one of `trusted_names`.
@@ -252,6 +300,10 @@ impl Default for Validation {
 /// The host part of a route: a name, or an address (which has no name a
 /// certificate could match and gets no SNI).
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[allow(
+    clippy::large_enum_variant,
+    reason = "inline heapless storage is the point: the bound is in the type; these live behind `Box`ed settings/details"
+)]
 pub enum RouteHost {
     Name(DomainName),
     Ip(IpAddr),
@@ -293,6 +345,10 @@ pub struct InboundRoute {
 
 /// How a registered domain's mail reaches its servers.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[allow(
+    clippy::large_enum_variant,
+    reason = "inline heapless storage is the point: the bound is in the type; these live behind `Box`ed settings/details"
+)]
 pub enum Delivery {
     /// The domain's DNS MX records (T18 rules apply).
     #[default]
