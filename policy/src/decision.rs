@@ -159,7 +159,16 @@ pub struct CompiledPolicy {
 }
 
 impl CompiledPolicy {
-    pub fn new(policy: Policy) -> Self {
+    pub fn new(mut policy: Policy) -> Self {
+        // T16: inbound routes are tried in priority order; keep the written
+        // order among equal priorities.
+        for d in &mut policy.domains {
+            if let Some(Delivery::InboundRoutes(r)) =
+                d.details.as_deref_mut().map(|x| &mut x.delivery)
+            {
+                r.sort_by_key(|route| route.priority);
+            }
+        }
         let mut domains = HashMap::with_capacity(policy.domains.len());
         let mut outbound: HashMap<(bool, u8), HashMap<u128, Vec<u32>>> = HashMap::new();
         for (i, d) in policy.domains.iter().enumerate() {
@@ -295,7 +304,9 @@ impl CompiledPolicy {
                 Coverage::Parent => push(Rule::T11),
                 Coverage::Exact => {}
             }
-            if d.settings.is_none() {
+            // An excluded name takes nothing from the domain's settings, so
+            // it does not follow the defaults either (T12, not T10).
+            if d.settings.is_none() && how != Coverage::Excluded {
                 push(Rule::T10);
             }
             let settings = self.policy.settings_of(d);
@@ -392,6 +403,9 @@ pub fn recipient_domain<'a>(
     let domain = domain.strip_suffix('.').unwrap_or(domain);
     if domain.is_empty()
         || domain.len() > MAX_NAME_LEN
+        || domain.starts_with('.')
+        || domain.ends_with('.')
+        || domain.contains("..")
         || !domain
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
