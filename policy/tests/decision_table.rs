@@ -579,7 +579,15 @@ fn decision_table_t1_t3_t5_t6_t10_t17() {
 #[test]
 fn client_table_t1_t4_t6_t10() {
     // (rule, defaults, client, may_relay, tls_required, outbound_for)
-    let rows: &[(&str, fn() -> Settings, IpAddr, bool, bool, &[&str])] = &[
+    type ClientRow = (
+        &'static str,
+        fn() -> Settings,
+        IpAddr,
+        bool,
+        bool,
+        &'static [&'static str],
+    );
+    let rows: &[ClientRow] = &[
         (
             "T1",
             opportunistic_defaults,
