@@ -1,0 +1,1 @@
+//! The TLS connectivity test (T8).
