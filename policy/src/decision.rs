@@ -12,7 +12,7 @@
 use core::fmt;
 use core::net::IpAddr;
 
-use hashbrown::HashMap;
+use hashbrown::{HashMap, HashTable};
 use serde::Serialize;
 
 use crate::limits::MAX_NAME_LEN;
@@ -151,11 +151,22 @@ pub enum AddressError {
 #[derive(Clone, Debug)]
 pub struct CompiledPolicy {
     policy: Policy,
-    domains: HashMap<Box<str>, u32>,
-    partners: HashMap<Box<str>, u32>,
-    /// Outbound server networks, grouped by (is_v4, prefix length) and keyed
-    /// by the network bits, each with the indexes of the domains that list it.
-    outbound: HashMap<(bool, u8), HashMap<u128, Vec<u32>>>,
+    /// Indexes into `policy.domains`, hashed with [`NameHasher`].
+    domains: HashTable<u32>,
+    /// Indexes into `policy.partners`, hashed with [`NameHasher`].
+    partners: HashTable<u32>,
+    hasher: NameHasher,
+    /// Outbound server networks, one group per (family, prefix length),
+    /// longest prefixes first, each keyed by the network bits with the
+    /// indexes of the domains that list it.
+    outbound: Vec<OutboundGroup>,
+}
+
+#[derive(Clone, Debug)]
+struct OutboundGroup {
+    v4: bool,
+    prefix: u8,
+    nets: HashMap<u128, Vec<u32>>,
 }
 
 impl CompiledPolicy {
@@ -169,32 +180,52 @@ impl CompiledPolicy {
                 r.sort_by_key(|route| route.priority);
             }
         }
-        let mut domains = HashMap::with_capacity(policy.domains.len());
-        let mut outbound: HashMap<(bool, u8), HashMap<u128, Vec<u32>>> = HashMap::new();
+        let hasher = NameHasher::random();
+        let mut domains = HashTable::with_capacity(policy.domains.len());
+        let mut outbound: Vec<OutboundGroup> = Vec::new();
         for (i, d) in policy.domains.iter().enumerate() {
             let i = i as u32;
-            domains.insert(Box::from(d.name.as_str()), i);
+            insert_unique(&mut domains, &hasher, &policy.domains, i, |d| &d.name);
             if let Some(details) = &d.details {
                 for net in &details.outbound_servers {
-                    let key = (net.addr.is_ipv4(), net.prefix);
-                    let entry = outbound.entry(key).or_default();
-                    let list = entry.entry(network_key(net.addr, net.prefix)).or_default();
+                    let (v4, prefix) = (net.addr.is_ipv4(), net.prefix);
+                    let group = match outbound
+                        .iter()
+                        .position(|g| g.v4 == v4 && g.prefix == prefix)
+                    {
+                        Some(g) => &mut outbound[g],
+                        None => {
+                            outbound.push(OutboundGroup {
+                                v4,
+                                prefix,
+                                nets: HashMap::new(),
+                            });
+                            let last = outbound.len() - 1;
+                            &mut outbound[last]
+                        }
+                    };
+                    let list = group
+                        .nets
+                        .entry(network_key(net.addr, net.prefix))
+                        .or_default();
                     if !list.contains(&i) {
                         list.push(i);
                     }
                 }
             }
         }
-        let partners = policy
-            .partners
-            .iter()
-            .enumerate()
-            .map(|(i, p)| (Box::from(p.name.as_str()), i as u32))
-            .collect();
+        outbound.sort_by_key(|g| core::cmp::Reverse((g.v4, g.prefix)));
+        let mut partners = HashTable::with_capacity(policy.partners.len());
+        for i in 0..policy.partners.len() {
+            insert_unique(&mut partners, &hasher, &policy.partners, i as u32, |p| {
+                &p.name
+            });
+        }
         CompiledPolicy {
             policy,
             domains,
             partners,
+            hasher,
             outbound,
         }
     }
@@ -203,17 +234,27 @@ impl CompiledPolicy {
         &self.policy
     }
 
+    /// The outbound groups that can hold `ip` (same family).
+    fn outbound_hits(&self, ip: IpAddr) -> impl Iterator<Item = &Vec<u32>> + '_ {
+        let v4 = ip.is_ipv4();
+        self.outbound
+            .iter()
+            .filter(move |g| g.v4 == v4)
+            .filter_map(move |g| g.nets.get(&network_key(ip, g.prefix)))
+    }
+
+    /// True when `ip` is one of a registered domain's outbound servers: the
+    /// allocation-free part of [`CompiledPolicy::client`] that T6 needs.
+    pub fn may_relay(&self, ip: IpAddr) -> bool {
+        self.outbound_hits(canonical_ip(ip)).next().is_some()
+    }
+
     /// Classifies an SMTP client by its address (T4, T6).
     pub fn client(&self, ip: IpAddr) -> ClientClass<'_> {
         let ip = canonical_ip(ip);
         let mut idx: Vec<u32> = Vec::new();
-        for (&(v4, prefix), nets) in &self.outbound {
-            if v4 != ip.is_ipv4() {
-                continue;
-            }
-            if let Some(list) = nets.get(&network_key(ip, prefix)) {
-                idx.extend_from_slice(list);
-            }
+        for list in self.outbound_hits(ip) {
+            idx.extend_from_slice(list);
         }
         idx.sort_unstable();
         idx.dedup();
@@ -233,37 +274,25 @@ impl CompiledPolicy {
     }
 
     /// The registered domain covering `domain` (T11), unless `domain` is
-    /// excluded from it (T12). The flag tells whether a parent matched.
-    fn registered(&self, domain: &str) -> Option<(&Domain, Coverage)> {
-        let mut name = domain;
-        loop {
-            if let Some(&i) = self.domains.get(name) {
-                let d = &self.policy.domains[i as usize];
-                let excluded = d
-                    .details
-                    .as_ref()
-                    .is_some_and(|x| x.excluded.iter().any(|e| is_within(domain, e.as_str())));
-                let how = if excluded {
-                    Coverage::Excluded
-                } else if name.len() == domain.len() {
-                    Coverage::Exact
-                } else {
-                    Coverage::Parent
-                };
-                return Some((d, how));
-            }
-            name = name.split_once('.')?.1;
-        }
+    /// excluded from it (T12). The most specific registered name wins.
+    fn registered(&self, domain: &str, suffixes: &Suffixes) -> Option<(&Domain, Coverage)> {
+        let d = suffixes.find(domain, &self.domains, &self.policy.domains, |d| &d.name)?;
+        let excluded = d
+            .details
+            .as_ref()
+            .is_some_and(|x| x.excluded.iter().any(|e| is_within(domain, e.as_str())));
+        let how = if excluded {
+            Coverage::Excluded
+        } else if d.name.as_str().len() == domain.len() {
+            Coverage::Exact
+        } else {
+            Coverage::Parent
+        };
+        Some((d, how))
     }
 
-    fn partner(&self, domain: &str) -> Option<&Partner> {
-        let mut name = domain;
-        loop {
-            if let Some(&i) = self.partners.get(name) {
-                return self.policy.partners.get(i as usize);
-            }
-            name = name.split_once('.')?.1;
-        }
+    fn partner(&self, domain: &str, suffixes: &Suffixes) -> Option<&Partner> {
+        suffixes.find(domain, &self.partners, &self.policy.partners, |p| &p.name)
     }
 
     /// The mirror rules (T2/T3, or the always-attempt option).
@@ -281,12 +310,13 @@ impl CompiledPolicy {
     pub fn decide(&self, ctx: &MessageContext<'_>) -> Result<Decision<'_>, AddressError> {
         let mut buf = heapless::String::<MAX_NAME_LEN>::new();
         let domain = recipient_domain(ctx.recipient, &mut buf)?;
+        let suffixes = Suffixes::of(domain, &self.hasher);
         let mut trail = heapless::Vec::new();
         let mut push = |r| {
             let _ = trail.push(r);
         };
 
-        if let Some((d, how)) = self.registered(domain) {
+        if let Some((d, how)) = self.registered(domain, &suffixes) {
             let details = d.details.as_deref();
             let route = match details.map(|x| &x.delivery) {
                 None | Some(Delivery::Mx) => RoutePlan::Mx,
@@ -334,7 +364,7 @@ impl CompiledPolicy {
         }
 
         // Not a registered domain: only registered outbound servers relay.
-        if !self.client(ctx.client_ip).may_relay() {
+        if !self.may_relay(ctx.client_ip) {
             return Ok(Decision {
                 rule: Rule::T6,
                 trail,
@@ -343,7 +373,7 @@ impl CompiledPolicy {
             });
         }
         push(Rule::T18);
-        if let Some(p) = self.partner(domain) {
+        if let Some(p) = self.partner(domain, &suffixes) {
             if p.outbound == Enforcement::Required {
                 return Ok(Decision {
                     rule: Rule::T5,
@@ -368,6 +398,139 @@ impl CompiledPolicy {
                 route: RoutePlan::Mx,
             }),
         })
+    }
+}
+
+/// Inserts entry `i` of `entries` into `table` unless its name is there
+/// already (the compiler keeps names unique; the first one wins).
+fn insert_unique<T>(
+    table: &mut HashTable<u32>,
+    hasher: &NameHasher,
+    entries: &[T],
+    i: u32,
+    name: impl Fn(&T) -> &DomainName,
+) {
+    let Some(entry) = entries.get(i as usize) else {
+        return;
+    };
+    let key = name(entry).as_str();
+    let hash = hasher.hash(key);
+    let eq = |&j: &u32| {
+        entries
+            .get(j as usize)
+            .is_some_and(|e| name(e).as_str() == key)
+    };
+    if table.find(hash, eq).is_none() {
+        table.insert_unique(hash, i, |&j| {
+            entries
+                .get(j as usize)
+                .map_or(0, |e| hasher.hash(name(e).as_str()))
+        });
+    }
+}
+
+/// A seeded hash of domain names, computed right to left so that one pass
+/// over a name yields the hash of every suffix that starts at a label
+/// boundary (`a.b.example` → `example`, `b.example`, `a.b.example`). The
+/// seed is random per load: recipients are chosen by strangers.
+#[derive(Clone, Copy, Debug)]
+struct NameHasher {
+    seed: u64,
+}
+
+const HASH_MUL: u64 = 0x9E37_79B9_7F4A_7C15;
+
+impl NameHasher {
+    fn random() -> Self {
+        use core::hash::BuildHasher;
+        let seed = std::collections::hash_map::RandomState::new().hash_one(0x746c_7367_u64);
+        NameHasher { seed }
+    }
+
+    #[inline]
+    fn step(h: u64, b: u8) -> u64 {
+        (h ^ u64::from(b)).wrapping_mul(HASH_MUL).rotate_left(23)
+    }
+
+    #[inline]
+    fn finish(h: u64) -> u64 {
+        // A final avalanche (from splitmix64) so low bits depend on all input.
+        let mut z = h;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    fn hash(&self, name: &str) -> u64 {
+        let mut h = self.seed;
+        for &b in name.as_bytes().iter().rev() {
+            h = Self::step(h, b);
+        }
+        Self::finish(h)
+    }
+}
+
+/// Most labels a name of [`MAX_NAME_LEN`] bytes can have.
+const MAX_LABELS: usize = MAX_NAME_LEN.div_ceil(2);
+
+/// The start offset and hash of every label-boundary suffix of a name,
+/// longest (the whole name) first, in the tail of fixed arrays.
+struct Suffixes {
+    starts: [u8; MAX_LABELS],
+    hashes: [u64; MAX_LABELS],
+    /// Slots `first..` are in use.
+    first: usize,
+}
+
+impl Suffixes {
+    fn of(name: &str, hasher: &NameHasher) -> Self {
+        let mut out = Suffixes {
+            starts: [0; MAX_LABELS],
+            hashes: [0; MAX_LABELS],
+            first: MAX_LABELS,
+        };
+        let bytes = name.as_bytes();
+        let mut h = hasher.seed;
+        // Filled from the back (shortest suffix) so the front is the longest.
+        let mut slot = MAX_LABELS;
+        for (i, &b) in bytes.iter().enumerate().rev() {
+            if b == b'.' && slot > 0 {
+                slot -= 1;
+                out.starts[slot] = (i + 1) as u8;
+                out.hashes[slot] = NameHasher::finish(h);
+            }
+            h = NameHasher::step(h, b);
+        }
+        if slot > 0 {
+            slot -= 1;
+            out.starts[slot] = 0;
+            out.hashes[slot] = NameHasher::finish(h);
+        }
+        out.first = slot;
+        out
+    }
+
+    /// The entry of `entries` (indexed by `table`) whose name is the
+    /// longest suffix of `name`.
+    fn find<'e, T>(
+        &self,
+        name: &str,
+        table: &HashTable<u32>,
+        entries: &'e [T],
+        key: impl Fn(&T) -> &DomainName,
+    ) -> Option<&'e T> {
+        for k in self.first..MAX_LABELS {
+            let suffix = name.get(usize::from(self.starts[k])..)?;
+            let hit = table.find(self.hashes[k], |&j| {
+                entries
+                    .get(j as usize)
+                    .is_some_and(|e| key(e).as_str() == suffix)
+            });
+            if let Some(&j) = hit {
+                return entries.get(j as usize);
+            }
+        }
+        None
     }
 }
 

@@ -678,3 +678,54 @@ fn bad_recipients_are_errors_not_decisions() {
         assert!(p.decide(&ctx).is_err(), "{bad:?} was decided");
     }
 }
+
+mod lookup_matches_naive_scan {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// The longest registered name that `domain` is within (rule T11), by
+    /// a plain scan: what the indexed lookup must agree with.
+    fn naive<'p>(p: &'p Policy, domain: &str) -> Option<&'p DomainName> {
+        p.domains
+            .iter()
+            .map(|d| &d.name)
+            .filter(|n| is_within(domain, n.as_str()))
+            .max_by_key(|n| n.as_str().len())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(200))]
+
+        // rule T11: the most specific registered domain covers a name.
+        #[test]
+        fn t11_indexed_lookup_equals_scan(
+            p in common::policy(),
+            pick in any::<prop::sample::Index>(),
+            prefix in proptest::collection::vec("[a-z0-9]{1,6}", 0..3),
+            random in common::domain_name(),
+        ) {
+            let compiled = CompiledPolicy::new(p.clone());
+            let mut candidates = vec![random.to_string()];
+            if !p.domains.is_empty() {
+                let base = &p.domains[pick.index(p.domains.len())].name;
+                let mut labels = prefix.clone();
+                labels.push(base.to_string());
+                candidates.push(labels.join("."));
+            }
+            for domain in candidates {
+                let rcpt = format!("x@{domain}");
+                let d = compiled.decide(&MessageContext {
+                    sender: "",
+                    recipient: &rcpt,
+                    client_ip: STRANGER,
+                    received_over_tls: false,
+                }).unwrap();
+                let want = naive(&p, &domain);
+                match want {
+                    Some(n) => prop_assert_eq!(d.matched, Some(n)),
+                    None => prop_assert!(d.rule == Rule::T6 || d.rule == Rule::T5 || d.matched.is_none()),
+                }
+            }
+        }
+    }
+}
