@@ -59,6 +59,10 @@ pub struct RecipientState {
     /// The last next hop tried for it (`mx1.example.com:25 [192.0.2.1]`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_hop: Option<String>,
+    /// A bounce naming this (failed) recipient was written (so a crash
+    /// before the message is removed does not send it twice).
+    #[serde(default)]
+    pub notified: bool,
 }
 
 impl RecipientState {
@@ -88,10 +92,6 @@ pub struct MessageState {
     /// A delay notice went to the sender.
     #[serde(default)]
     pub delay_notice_sent: bool,
-    /// The bounce for the failed recipients was written to the spool (so a
-    /// crash before the message is removed does not send it twice).
-    #[serde(default)]
-    pub bounce_sent: bool,
 }
 
 impl MessageState {
@@ -106,10 +106,10 @@ impl MessageState {
                     status: RecipientStatus::Pending,
                     attempts: 0,
                     last_hop: None,
+                    notified: false,
                 })
                 .collect(),
             delay_notice_sent: false,
-            bounce_sent: false,
         }
     }
 
