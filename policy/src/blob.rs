@@ -334,3 +334,30 @@ fn unhex(s: &str) -> Option<Vec<u8>> {
         })
         .collect()
 }
+
+/// Reading a blob *without* checking its signature. For `tlspolc inspect`
+/// and `tlspolc explain` when no public key is at hand, which say so in
+/// their output. The relay never calls this.
+pub mod danger {
+    use super::{read_header, BlobError, Header, HEADER_LEN, SIGNATURE_LEN};
+    use crate::model::Policy;
+
+    /// Decodes header and body of a well-formed blob, trusting nothing and
+    /// verifying nothing.
+    pub fn decode_unverified(bytes: &[u8]) -> Result<(Header, Policy), BlobError> {
+        let header = read_header(bytes)?;
+        if header.version != super::FORMAT_VERSION {
+            return Err(BlobError::UnknownVersion(header.version));
+        }
+        let end = HEADER_LEN + header.body_len as usize;
+        if bytes.len() < end + SIGNATURE_LEN {
+            return Err(BlobError::Truncated);
+        }
+        if bytes.len() > end + SIGNATURE_LEN {
+            return Err(BlobError::TrailingBytes);
+        }
+        let policy = postcard::from_bytes(&bytes[HEADER_LEN..end])
+            .map_err(|e| BlobError::Decode(e.to_string()))?;
+        Ok((header, policy))
+    }
+}
