@@ -1,1 +1,134 @@
-fn main() {}
+//! `tlsgate`: the relay binary. A thin clap front over the library.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+#[derive(Debug, Parser)]
+#[command(name = "tlsgate", version, about = "TLS-enforcing SMTP relay")]
+struct Cli {
+    /// Log line format.
+    #[arg(long, value_enum, default_value_t = LogFormat::Plain, global = true)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum LogFormat {
+    Plain,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the relay.
+    Run {
+        /// The machine-local configuration file (TOML).
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Check a configuration file and the policy blob it names, then exit.
+    CheckConfig {
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// An SMTP sink for tests, demos and benchmarks.
+    Sink(tlsgate::tools::sink::SinkArgs),
+    /// An SMTP load generator.
+    Loadgen(tlsgate::tools::loadgen::LoadgenArgs),
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Plain => builder.init(),
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+    }
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| {
+            eprintln!("error: cannot start the runtime: {e}");
+            ExitCode::FAILURE
+        })
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    let rt = match runtime() {
+        Ok(rt) => rt,
+        Err(code) => return code,
+    };
+    match cli.command {
+        Command::Run { config } => {
+            let config = match tlsgate::config::Config::load(&config) {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::error!("{e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match rt.block_on(tlsgate::relay::run(config)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    tracing::error!("{e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::CheckConfig { config } => {
+            let result = tlsgate::config::Config::load(&config)
+                .map_err(|e| e.to_string())
+                .and_then(|c| {
+                    let keys = tlsgate::policy_store::parse_trusted_keys(&c.trusted_keys)
+                        .map_err(|e| e.to_string())?;
+                    let bytes = std::fs::read(&c.policy)
+                        .map_err(|e| format!("cannot read policy `{}`: {e}", c.policy.display()))?;
+                    let (header, _) = policy::blob::verify_and_decode(&bytes, &keys)
+                        .map_err(|e| format!("policy `{}` refused: {e}", c.policy.display()))?;
+                    Ok(header.serial)
+                });
+            match result {
+                Ok(serial) => {
+                    println!("configuration ok; policy serial {serial} verifies");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Sink(args) => match rt.block_on(tlsgate::tools::sink::run(args)) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Loadgen(args) => match rt.block_on(tlsgate::tools::loadgen::run(args)) {
+            Ok(report) => {
+                println!("{report}");
+                if report.failed > 0 {
+                    ExitCode::FAILURE
+                } else {
+                    ExitCode::SUCCESS
+                }
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::FAILURE
+            }
+        },
+    }
+}

@@ -1,0 +1,274 @@
+//! The whole relay, wired together (`tlsgate run`).
+//!
+//! Start order: configuration → TLS identity → signed policy (T19/T20; no
+//! policy, no relay) → spool → delivery (`delivery::Deliverer`) → queue
+//! runner → SMTP listeners → policy watcher (SIGHUP and file changes,
+//! T21). Shutdown: stop accepting, tell sessions, wait for them up to the
+//! grace period, stop the queue.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+use crate::config::Config;
+use crate::envelope::Envelope;
+use crate::policy_store::{parse_trusted_keys, LoadError, PolicyHandle, PolicySource};
+use crate::server::sink::BoxFuture;
+use crate::server::{Gate, IncomingMessage, MessageSink, Server, SinkError};
+use crate::spool::{Incoming, Spool, SpoolError};
+
+/// Why the relay could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum RelayError {
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    #[error(transparent)]
+    Identity(#[from] crate::identity::IdentityError),
+    #[error("no policy in force, not starting: {0}")]
+    Policy(#[from] LoadError),
+    #[error("cannot open spool `{path}`: {source}")]
+    Spool { path: PathBuf, source: SpoolError },
+    #[error("cannot set up delivery: {0}")]
+    Delivery(String),
+    #[error("cannot listen on `{addr}`: {source}")]
+    Listen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+/// The durable spool as the SMTP server's message sink.
+#[derive(Clone, Debug)]
+pub struct SpoolSink(pub Spool);
+
+struct SpoolIncoming(Incoming);
+
+fn sink_error(e: SpoolError) -> SinkError {
+    match e {
+        SpoolError::DiskFull => SinkError::DiskFull,
+        other => SinkError::Failed(other.to_string()),
+    }
+}
+
+impl MessageSink for SpoolSink {
+    fn has_room(&self) -> bool {
+        self.0.has_room()
+    }
+
+    fn begin(
+        &self,
+        envelope: Envelope,
+    ) -> BoxFuture<'_, Result<Box<dyn IncomingMessage>, SinkError>> {
+        Box::pin(async move {
+            let incoming = self.0.begin(envelope).await.map_err(sink_error)?;
+            Ok(Box::new(SpoolIncoming(incoming)) as Box<dyn IncomingMessage>)
+        })
+    }
+}
+
+impl IncomingMessage for SpoolIncoming {
+    fn write<'a>(&'a mut self, chunk: &'a [u8]) -> BoxFuture<'a, Result<(), SinkError>> {
+        Box::pin(async move { self.0.write(chunk).await.map_err(sink_error) })
+    }
+
+    fn commit(self: Box<Self>) -> BoxFuture<'static, Result<String, SinkError>> {
+        Box::pin(async move {
+            self.0
+                .commit()
+                .await
+                .map(|id| id.to_string())
+                .map_err(sink_error)
+        })
+    }
+}
+
+/// A running relay.
+pub struct Relay {
+    pub server: Server,
+    pub policy: PolicyHandle,
+    pub source: Arc<PolicySource>,
+    pub spool: Spool,
+    listen: Vec<SocketAddr>,
+    grace: Duration,
+    shutdown: watch::Sender<bool>,
+    tasks: JoinSet<()>,
+}
+
+impl Relay {
+    /// Starts everything; returns once the listeners are bound.
+    pub async fn start(config: &Config) -> Result<Relay, RelayError> {
+        let tls = crate::identity::load_or_generate(
+            config.tls.cert.as_deref(),
+            config.tls.key.as_deref(),
+            &config.state_dir,
+            &config.hostname,
+        )?;
+        let trusted = parse_trusted_keys(&config.trusted_keys)?;
+        let source = Arc::new(PolicySource::new(
+            &config.policy,
+            trusted,
+            &config.state_dir,
+        ));
+        let policy = {
+            let s = source.clone();
+            tokio::task::spawn_blocking(move || s.load())
+                .await
+                .map_err(|e| RelayError::Delivery(e.to_string()))??
+        };
+        let spool = Spool::open(&config.spool_dir)
+            .await
+            .map_err(|source| RelayError::Spool {
+                path: config.spool_dir.clone(),
+                source,
+            })?;
+        let (shutdown, shutdown_rx) = watch::channel(false);
+        let mut tasks = JoinSet::new();
+
+        start_delivery(config, &spool, &policy, &shutdown_rx, &mut tasks)?;
+
+        let server = Server::new(
+            config.session_config(),
+            config.server_limits(),
+            Gate::Policy(policy.clone()),
+            Arc::new(SpoolSink(spool.clone())),
+            Some(tls),
+        );
+        let mut listen = Vec::new();
+        for addr in &config.listen {
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|source| RelayError::Listen {
+                    addr: *addr,
+                    source,
+                })?;
+            let local = listener.local_addr().unwrap_or(*addr);
+            tracing::info!(listen = %local, "SMTP listening");
+            listen.push(local);
+            let server = server.clone();
+            let rx = shutdown_rx.clone();
+            tasks.spawn(async move {
+                if let Err(e) = server.serve(listener, rx).await {
+                    tracing::error!(error = %e, "listener failed");
+                }
+            });
+        }
+        {
+            let source = source.clone();
+            let policy = policy.clone();
+            let poll = Duration::from_millis(config.limits.policy_poll_millis);
+            let rx = shutdown_rx.clone();
+            tasks.spawn(async move { source.watch(policy, poll, rx).await });
+        }
+        Ok(Relay {
+            server,
+            policy,
+            source,
+            spool,
+            listen,
+            grace: Duration::from_secs(config.limits.shutdown_grace_secs),
+            shutdown,
+            tasks,
+        })
+    }
+
+    /// The addresses actually bound (useful with port 0).
+    pub fn local_addrs(&self) -> &[SocketAddr] {
+        &self.listen
+    }
+
+    /// Stops accepting, lets sessions finish up to the grace period, stops
+    /// the background tasks.
+    pub async fn shutdown(mut self) {
+        tracing::info!("shutting down");
+        let _ = self.shutdown.send(true);
+        if !self.server.drain(self.grace).await {
+            tracing::warn!(
+                active = self.server.active(),
+                "sessions still open after the grace period"
+            );
+        }
+        let deadline = tokio::time::sleep(Duration::from_secs(5));
+        tokio::pin!(deadline);
+        loop {
+            tokio::select! {
+                next = self.tasks.join_next() => if next.is_none() { break },
+                _ = &mut deadline => { self.tasks.abort_all(); break; }
+            }
+        }
+        tracing::info!("stopped");
+    }
+}
+
+/// The deliverer and the queue runner.
+fn start_delivery(
+    config: &Config,
+    spool: &Spool,
+    policy: &PolicyHandle,
+    shutdown: &watch::Receiver<bool>,
+    tasks: &mut JoinSet<()>,
+) -> Result<(), RelayError> {
+    use crate::delivery::{DeliveryConfig, ResolverSettings, Timeouts};
+    let resolver = if config.dns.name_servers.is_empty() {
+        ResolverSettings::System
+    } else {
+        ResolverSettings::NameServers(config.dns.name_servers.clone())
+    };
+    let delivery = DeliveryConfig {
+        helo_name: config.hostname.clone(),
+        resolver,
+        timeouts: Timeouts {
+            dns: Duration::from_secs(config.dns.timeout_secs),
+            ..Timeouts::default()
+        },
+        ..DeliveryConfig::default()
+    };
+    let deliverer = crate::delivery::Deliverer::new(delivery)
+        .map_err(|e| RelayError::Delivery(e.to_string()))?;
+    let transport: Arc<dyn crate::transport::Transport> = Arc::new(deliverer);
+    let mut settings = crate::queue::QueueSettings::new(config.hostname.clone());
+    settings.shutdown_grace = Duration::from_secs(config.limits.shutdown_grace_secs);
+    let runner = crate::queue::Runner::spawn(
+        spool.clone(),
+        policy.clone(),
+        transport,
+        settings,
+        shutdown.clone(),
+    );
+    tasks.spawn(async move {
+        if let Err(e) = runner.await {
+            tracing::error!(error = %e, "queue runner failed");
+        }
+    });
+    Ok(())
+}
+
+/// Resolves on SIGTERM or SIGINT.
+pub async fn wait_for_stop_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
+        (Ok(mut term), Ok(mut int)) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+        }
+        _ => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+/// `tlsgate run`: starts the relay and runs it until SIGTERM/SIGINT.
+pub async fn run(config: Config) -> Result<(), RelayError> {
+    let relay = Relay::start(&config).await?;
+    wait_for_stop_signal().await;
+    relay.shutdown().await;
+    Ok(())
+}
