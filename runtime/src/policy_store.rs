@@ -265,21 +265,16 @@ impl PolicySource {
         Ok(Reloaded::Replaced { serial })
     }
 
-    /// Reloads on SIGHUP and whenever the file's size, mtime or inode
-    /// changes (checked every `poll`), until `shutdown`.
+    /// Reloads on SIGHUP (when `hup` is given: create it before the
+    /// process can receive the signal) and whenever the file's size, mtime
+    /// or inode changes (checked every `poll`), until `shutdown`.
     pub async fn watch(
         self: std::sync::Arc<Self>,
         handle: PolicyHandle,
         poll: Duration,
         mut shutdown: tokio::sync::watch::Receiver<bool>,
+        mut hup: Option<tokio::signal::unix::Signal>,
     ) {
-        let mut hup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
-            Ok(s) => Some(s),
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot listen for SIGHUP; polling only");
-                None
-            }
-        };
         let mut seen = file_stamp(&self.path);
         let mut ticker = tokio::time::interval(poll);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

@@ -125,6 +125,14 @@ impl Relay {
                 path: config.spool_dir.clone(),
                 source,
             })?;
+        // Listen for SIGHUP before anything can send it.
+        let hup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for SIGHUP; watching the policy file only");
+                None
+            }
+        };
         let (shutdown, shutdown_rx) = watch::channel(false);
         let mut tasks = JoinSet::new();
 
@@ -161,7 +169,7 @@ impl Relay {
             let policy = policy.clone();
             let poll = Duration::from_millis(config.limits.policy_poll_millis);
             let rx = shutdown_rx.clone();
-            tasks.spawn(async move { source.watch(policy, poll, rx).await });
+            tasks.spawn(async move { source.watch(policy, poll, rx, hup).await });
         }
         Ok(Relay {
             server,
