@@ -44,7 +44,9 @@ pub fn parse(file: &Arc<SourceFile>) -> (File, Vec<Diagnostic>) {
         tokens,
         pos: 0,
         last_end: 0,
+        last_span: Span::default(),
         pending: Vec::new(),
+        after_comma: false,
         errors: Vec::new(),
     };
     let ast = p.file();
@@ -63,8 +65,12 @@ struct Parser<'a> {
     pos: usize,
     /// End of the last consumed significant token.
     last_end: usize,
+    /// The last consumed significant token.
+    last_span: Span,
     /// Comments met inside a statement; they go before the next one.
     pending: Vec<Comment>,
+    /// The last consumed token was a `,` (a list goes on to the next line).
+    after_comma: bool,
     errors: Vec<Diagnostic>,
 }
 
@@ -124,6 +130,8 @@ impl<'a> Parser<'a> {
         let t = self.peek()?;
         self.pos += 1;
         self.last_end = t.span.end;
+        self.last_span = t.span;
+        self.after_comma = t.kind == TokenKind::Comma;
         Some(t)
     }
 
@@ -170,6 +178,27 @@ impl<'a> Parser<'a> {
         Stop
     }
 
+    /// True when the next token is on a later line than the statement so
+    /// far: a statement's words stay on one line (a list may go on after
+    /// a `,`).
+    fn at_line_end(&mut self) -> bool {
+        let after_comma = self.after_comma;
+        self.peek().is_some_and(|t| t.starts_line() && !after_comma)
+    }
+
+    /// Reports that the line ended where `expected` was wanted.
+    fn expected_at_line_end(&mut self, expected: &str) -> Stop {
+        let at = self.last_span;
+        self.errors.push(
+            Diagnostic::error(
+                "tlspol::syntax",
+                format!("expected {expected}, found the end of the line"),
+            )
+            .at(self.file, at, format!("expected {expected} after this")),
+        );
+        Stop
+    }
+
     /// Reports a word that is not one of the keywords allowed here, with a
     /// suggestion when one is close.
     fn unknown(&mut self, t: Token, allowed: &[&str], what: &str) -> Stop {
@@ -194,6 +223,9 @@ impl<'a> Parser<'a> {
 
     /// Consumes one of `words` (a keyword) or reports what was expected.
     fn keyword(&mut self, words: &[&'static str], what: &str) -> PResult<&'static str> {
+        if self.at_line_end() {
+            return Err(self.expected_at_line_end(&one_of(words)));
+        }
         match self.peek() {
             Some(t) if t.kind == TokenKind::Word => {
                 let text = self.text(&t);
@@ -212,6 +244,9 @@ impl<'a> Parser<'a> {
 
     /// A value word (name, address, duration, number).
     fn word(&mut self, what: &str) -> PResult<Word> {
+        if self.at_line_end() {
+            return Err(self.expected_at_line_end(what));
+        }
         match self.peek() {
             Some(t) if t.kind == TokenKind::Word => {
                 self.bump();
@@ -223,6 +258,9 @@ impl<'a> Parser<'a> {
 
     /// A quoted string (a file path), without its quotes.
     fn string(&mut self, what: &str) -> PResult<Node<String>> {
+        if self.at_line_end() {
+            return Err(self.expected_at_line_end(what));
+        }
         match self.peek() {
             Some(t) if t.kind == TokenKind::Str => {
                 self.bump();
@@ -549,7 +587,8 @@ impl<'a> Parser<'a> {
         if t.kind != TokenKind::Word {
             return Err(self.expected("a route (`<priority> <host>`) or `}`", ""));
         }
-        let priority = self.word("a priority")?;
+        self.bump();
+        let priority = Node::new(self.text(&t).to_string(), t.span);
         let target = match self.peek() {
             Some(n) if n.kind == TokenKind::Word && !n.starts_line() => self.word("a host")?,
             _ => {
