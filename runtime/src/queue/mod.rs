@@ -300,6 +300,11 @@ impl Runner {
                 continue;
             }
             let domain = domain_of(&r.address).unwrap_or_default();
+            if probes.contains(&domain) {
+                // This attempt probes the destination: all its recipients go.
+                chosen.push(i);
+                continue;
+            }
             if let Some(b) = self.destinations.get_mut(&domain) {
                 if !force && (b.probing || b.until_ms > now) {
                     if b.probing {
@@ -307,10 +312,8 @@ impl Runner {
                     }
                     continue;
                 }
-                if !probes.contains(&domain) {
-                    b.probing = true;
-                    probes.push(domain);
-                }
+                b.probing = true;
+                probes.push(domain);
             }
             chosen.push(i);
         }
