@@ -258,7 +258,10 @@ fn status_code(action: DsnAction, r: &DsnRecipient) -> String {
         return format!("{class}.{detail}");
     }
     let lower = r.reason.to_ascii_lowercase();
-    if lower.contains("tls") || lower.contains("certificate") || lower.contains("starttls") {
+    if lower.contains("not allowed by the policy") || lower.contains("policy refused") {
+        // X.7.1: delivery not authorized.
+        format!("{class}.7.1")
+    } else if lower.contains("tls") || lower.contains("certificate") || lower.contains("starttls") {
         // X.7.10: encryption needed.
         format!("{class}.7.10")
     } else if r.permanent {

@@ -1,0 +1,146 @@
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+//! The spool's contract with the SMTP server: commit by rename, ids,
+//! abandoned receptions, group commit under concurrency, the offline CLI.
+
+mod queue_support;
+
+use std::process::ExitCode;
+
+use queue_support::*;
+use tlsgate::queue::cli::{cli, Args, Command, Format};
+use tlsgate::spool::{MessageId, RecipientStatus, Spool, SpoolOptions, SyncMode};
+
+#[tokio::test]
+async fn commit_stores_body_and_envelope() {
+    let dir = tempfile::tempdir().unwrap();
+    let spool = Spool::open(dir.path()).await.unwrap();
+    let env = envelope(
+        "s@sender.test",
+        &["a@example.com", "b@example.org"],
+        "192.0.2.7",
+        true,
+    );
+    let mut incoming = spool.begin(env.clone()).await.unwrap();
+    let body = message("spool");
+    for chunk in body.chunks(7) {
+        incoming.write(chunk).await.unwrap();
+    }
+    let id = incoming.commit().await.unwrap();
+    assert_eq!(id.to_string().parse::<MessageId>().unwrap(), id);
+    assert_eq!(spool.take_arrivals(), vec![id]);
+    let m = spool.load(&id).await.unwrap();
+    assert_eq!(m.envelope, env);
+    assert_eq!(std::fs::read(&m.body).unwrap(), body);
+    assert_eq!(m.body, spool.body_path(&id));
+    assert!(m
+        .state
+        .recipients
+        .iter()
+        .all(|r| r.status == RecipientStatus::Pending));
+    assert!(spool_dir_files(dir.path(), "incoming").is_empty());
+    assert!(spool.has_room());
+}
+
+#[tokio::test]
+async fn dropping_an_uncommitted_message_leaves_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let spool = Spool::open(dir.path()).await.unwrap();
+    let mut incoming = spool
+        .begin(envelope(
+            "s@sender.test",
+            &["a@example.com"],
+            "192.0.2.7",
+            false,
+        ))
+        .await
+        .unwrap();
+    incoming.write(b"Subject: x\r\n").await.unwrap();
+    assert_eq!(spool_dir_files(dir.path(), "incoming").len(), 1);
+    drop(incoming);
+    assert!(spool_dir_files(dir.path(), "incoming").is_empty());
+    assert!(spool.list().await.unwrap().is_empty());
+}
+
+async fn many_writers(mode: SyncMode) {
+    let dir = tempfile::tempdir().unwrap();
+    let options = SpoolOptions {
+        sync: mode,
+        ..SpoolOptions::default()
+    };
+    let spool = Spool::open_with(dir.path(), options).await.unwrap();
+    let mut tasks = Vec::new();
+    for i in 0..40 {
+        let spool = spool.clone();
+        tasks.push(tokio::spawn(async move {
+            let env = envelope("s@sender.test", &["a@example.com"], "192.0.2.7", false);
+            let mut m = spool.begin(env).await.unwrap();
+            m.write(&message(&format!("m{i}"))).await.unwrap();
+            m.commit().await.unwrap()
+        }));
+    }
+    let mut ids = Vec::new();
+    for t in tasks {
+        ids.push(t.await.unwrap());
+    }
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), 40);
+    assert_eq!(spool.list().await.unwrap(), ids);
+    assert_eq!(spool.take_arrivals(), ids);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_commits_grouped() {
+    many_writers(SyncMode::Grouped).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_commits_per_message() {
+    many_writers(SyncMode::PerMessage).await;
+}
+
+/// `tlsgate queue` with no relay running works on the spool directly.
+#[tokio::test]
+async fn offline_cli() {
+    let dir = tempfile::tempdir().unwrap();
+    let spool = Spool::open(dir.path()).await.unwrap();
+    let id = enqueue(
+        &spool,
+        envelope("s@sender.test", &["a@example.com"], "192.0.2.7", false),
+        &message("cli"),
+    )
+    .await;
+    drop(spool);
+    let args = |command| Args {
+        spool: dir.path().to_path_buf(),
+        command,
+    };
+    assert_eq!(
+        cli(args(Command::List {
+            format: Format::Json
+        }))
+        .await,
+        ExitCode::SUCCESS
+    );
+    assert_eq!(
+        cli(args(Command::Show {
+            id,
+            format: Format::Text
+        }))
+        .await,
+        ExitCode::SUCCESS
+    );
+    assert_eq!(
+        cli(args(Command::Retry {
+            id: None,
+            domain: None,
+            all: true
+        }))
+        .await,
+        ExitCode::SUCCESS
+    );
+    assert_eq!(cli(args(Command::Delete { id })).await, ExitCode::SUCCESS);
+    assert_eq!(cli(args(Command::Delete { id })).await, ExitCode::FAILURE);
+    let spool = Spool::open(dir.path()).await.unwrap();
+    assert!(spool.list().await.unwrap().is_empty());
+}
