@@ -211,7 +211,9 @@ mod tests {
 
     #[test]
     fn table() {
-        let cases: &[(&str, Option<(u16, usize, usize)>)] = &[
+        // (input, Some((code, lines, bytes used)) or None for "need more")
+        type Case = (&'static str, Option<(u16, usize, usize)>);
+        let cases: &[Case] = &[
             ("220 mx.example.com ESMTP\r\n", Some((220, 1, 26))),
             (
                 "250-mx\r\n250-SIZE 100\r\n250 STARTTLS\r\n",
