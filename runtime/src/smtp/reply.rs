@@ -217,7 +217,7 @@ mod tests {
             ("220 mx.example.com ESMTP\r\n", Some((220, 1, 26))),
             (
                 "250-mx\r\n250-SIZE 100\r\n250 STARTTLS\r\n",
-                Some((250, 3, 34)),
+                Some((250, 3, 36)),
             ),
             ("250-mx\r\n250-SIZE 100\r\n", None),
             ("250 ok", None),
