@@ -229,10 +229,7 @@ async fn smtp_smuggling_variants_are_refused() {
     // Dot-stuffing still works.
     let (code, _) = raw_data(&s, b"..leading dot\r\n.\r\n").await;
     assert_eq!(code, 250);
-    assert_eq!(
-        s.sink.messages()[0].data.ends_with(b"\r\n.leading dot\r\n"),
-        true
-    );
+    assert!(s.sink.messages()[0].data.ends_with(b"\r\n.leading dot\r\n"));
 }
 
 #[tokio::test]

@@ -570,7 +570,8 @@ mod tests {
 
     #[test]
     fn data_table() {
-        let table: &[(&[u8], &[u8], Option<DataFault>, usize, bool)] = &[
+        type Row = (&'static [u8], &'static [u8], Option<DataFault>, usize, bool);
+        let table: &[Row] = &[
             (b"Hi\r\n.\r\n", b"Hi\r\n", None, 7, true),
             (b".\r\n", b"", None, 3, true),
             (b"Hi\r\n.\r\nQUIT\r\n", b"Hi\r\n", None, 7, true),
