@@ -113,7 +113,8 @@ struct DomainEntry {
     loc: Location,
     inbound: Option<Enforcement>,
     outbound: Option<Enforcement>,
-    validation: Option<Validation>,
+    /// Boxed: a `Validation` holds its trusted names inline (kilobytes).
+    validation: Option<Box<Validation>>,
     details: Option<Box<DomainDetails>>,
     deferred: Option<Box<Deferred>>,
 }
@@ -303,7 +304,7 @@ impl Checker {
             loc: loc(file, name.span),
             inbound: draft.inbound,
             outbound: draft.outbound,
-            validation: draft.validation,
+            validation: draft.validation.map(Box::new),
             details,
             deferred,
         });
@@ -946,7 +947,7 @@ impl Checker {
                     outbound: e.outbound.unwrap_or(defaults.outbound),
                     validation: e
                         .validation
-                        .clone()
+                        .map(|v| *v)
                         .unwrap_or_else(|| defaults.validation.clone()),
                 })
             });
