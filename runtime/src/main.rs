@@ -34,6 +34,10 @@ enum Command {
         #[arg(long)]
         config: PathBuf,
     },
+    /// Test TLS to a registered domain's inbound servers (T8).
+    CheckTls(tlsgate::delivery::checktls::Args),
+    /// Inspect and manage the mail queue.
+    Queue(tlsgate::queue::cli::Args),
     /// An SMTP sink for tests, demos and benchmarks.
     Sink(tlsgate::tools::sink::SinkArgs),
     /// An SMTP load generator.
@@ -109,6 +113,8 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Command::CheckTls(args) => rt.block_on(tlsgate::delivery::checktls::cli(args)),
+        Command::Queue(args) => rt.block_on(tlsgate::queue::cli::cli(args)),
         Command::Sink(args) => match rt.block_on(tlsgate::tools::sink::run(args)) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
@@ -130,5 +136,15 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        super::Cli::command().debug_assert();
     }
 }
