@@ -219,3 +219,48 @@ impl Server {
         )
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// Sessions are generic over the stream: a whole transaction in memory.
+    #[tokio::test]
+    async fn session_over_an_in_memory_stream() {
+        let sink = MemorySink::keeping();
+        let server = Server::new(
+            SessionConfig::default(),
+            ServerLimits::default(),
+            Gate::AcceptAll,
+            Arc::new(sink.clone()),
+            None,
+        );
+        let (client, server_end) = tokio::io::duplex(1 << 16);
+        let (_stop, rx) = watch::channel(false);
+        let peer: IpAddr = "192.0.2.7".parse().unwrap();
+        let task = tokio::spawn(async move { server.handle(server_end, peer, rx).await });
+        let (mut r, mut w) = tokio::io::split(client);
+        w.write_all(b"EHLO x\r\nMAIL FROM:<a@b>\r\nRCPT TO:<c@d>\r\nDATA\r\nhi\r\n.\r\nQUIT\r\n")
+            .await
+            .unwrap();
+        let mut all = String::new();
+        r.read_to_string(&mut all).await.unwrap();
+        task.await.unwrap();
+        let codes: Vec<&str> = all
+            .lines()
+            .map(|l| &l[..4])
+            .filter(|c| c.ends_with(' '))
+            .collect();
+        assert_eq!(
+            codes,
+            ["220 ", "250 ", "250 ", "250 ", "354 ", "250 ", "221 "],
+            "{all}"
+        );
+        assert!(!all.contains("STARTTLS"), "no TLS configured: {all}");
+        let m = sink.messages();
+        assert_eq!(m[0].envelope.client_ip, peer);
+        assert!(m[0].data.ends_with(b"\r\nhi\r\n"));
+    }
+}
