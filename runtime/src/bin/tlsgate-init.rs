@@ -4,7 +4,10 @@
 //!
 //! - as PID 1: [`tlsgate::init::run`];
 //! - `tlsgate-init manage …`: [`tlsgate::manage::cli`] (started by the init);
-//! - `tlsgate-init remote …`: [`tlsgate::manage::remote::cli`].
+//! - `tlsgate-init remote …`: [`tlsgate::manage::remote::cli`];
+//! - `tlsgate-init queue …`, `tlsgate-init check-tls …` (hidden): the
+//!   queue tool and the TLS connectivity test, run by the management
+//!   listener as children for `queue list` and `check-tls`.
 
 use std::process::ExitCode;
 
@@ -23,6 +26,12 @@ enum Cmd {
     Manage(tlsgate::manage::Args),
     /// Talk to a management listener.
     Remote(tlsgate::manage::remote::Args),
+    /// The queue tool (run by the management listener for `queue list`).
+    #[command(hide = true)]
+    Queue(tlsgate::queue::cli::Args),
+    /// The TLS connectivity test (run by the management listener, T8).
+    #[command(hide = true)]
+    CheckTls(tlsgate::delivery::checktls::Args),
 }
 
 fn main() -> ExitCode {
@@ -43,5 +52,7 @@ fn main() -> ExitCode {
     match cli.command {
         Cmd::Manage(args) => rt.block_on(tlsgate::manage::cli(args)),
         Cmd::Remote(args) => rt.block_on(tlsgate::manage::remote::cli(args)),
+        Cmd::Queue(args) => rt.block_on(tlsgate::queue::cli::cli(args)),
+        Cmd::CheckTls(args) => rt.block_on(tlsgate::delivery::checktls::cli(args)),
     }
 }

@@ -190,7 +190,7 @@ where
                 .map_err(|e| format!("reading the policy: {e}"))?;
             (Vec::new(), push(ctx, &blob))
         }
-        Request::QueueList => queue_list(ctx),
+        Request::QueueList => queue_list(ctx).await,
         Request::CheckTls { domain } => check_tls(ctx, domain).await,
         Request::PowerOff => (Vec::new(), Ok("powering off".into())),
     };
@@ -283,45 +283,68 @@ fn push(ctx: &Context, blob: &[u8]) -> Result<String, String> {
     Ok(installed.to_string())
 }
 
-fn queue_list(ctx: &Context) -> (Vec<String>, Result<String, String>) {
+/// Runs this same binary (`tlsgate-init queue …` / `tlsgate-init
+/// check-tls …`, which call `queue::cli` and `delivery::checktls::cli`)
+/// as a child and returns its output lines and whether it succeeded. A
+/// child keeps the listener small and isolates a slow or failing test.
+async fn run_tool(args: &[&str], limit: Duration) -> (Vec<String>, Result<String, String>) {
+    let exe = match std::env::current_exe() {
+        Ok(e) => e,
+        Err(e) => return (Vec::new(), Err(format!("cannot find this program: {e}"))),
+    };
+    let child = tokio::process::Command::new(exe)
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .output();
+    match tokio::time::timeout(limit, child).await {
+        Err(_) => (Vec::new(), Err(format!("`{}` timed out", args.join(" ")))),
+        Ok(Err(e)) => (
+            Vec::new(),
+            Err(format!("cannot run `{}`: {e}", args.join(" "))),
+        ),
+        Ok(Ok(out)) => {
+            let mut lines: Vec<String> = String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .map(String::from)
+                .collect();
+            lines.extend(
+                String::from_utf8_lossy(&out.stderr)
+                    .lines()
+                    .map(String::from),
+            );
+            let outcome = if out.status.success() {
+                Ok(String::new())
+            } else {
+                Err(format!("`{}` failed ({})", args.join(" "), out.status))
+            };
+            (lines, outcome)
+        }
+    }
+}
+
+async fn queue_list(ctx: &Context) -> (Vec<String>, Result<String, String>) {
     let Some(spool) = &ctx.args.spool_dir else {
         return (Vec::new(), Err("no spool directory configured".into()));
     };
-    // The spool's own listing (queue owner's format) when it exists; until
-    // then, the files in the spool, which is what an operator needs to see
-    // that mail is waiting.
-    let mut lines = Vec::new();
-    let mut stack = vec![spool.clone()];
-    while let Some(dir) = stack.pop() {
-        let Ok(rd) = std::fs::read_dir(&dir) else {
-            continue;
-        };
-        let mut entries: Vec<_> = rd.flatten().collect();
-        entries.sort_by_key(|e| e.file_name());
-        for e in entries {
-            let p = e.path();
-            match e.metadata() {
-                Ok(m) if m.is_dir() => stack.push(p),
-                Ok(m) => lines.push(format!(
-                    "{} {}",
-                    p.strip_prefix(spool).unwrap_or(&p).display(),
-                    m.len()
-                )),
-                Err(_) => {}
-            }
-        }
-    }
-    let n = lines.len();
-    (lines, Ok(format!("{n} spool files")))
+    let spool = spool.to_string_lossy();
+    run_tool(
+        &["queue", "--spool", &spool, "list"],
+        Duration::from_secs(30),
+    )
+    .await
 }
 
-async fn check_tls(_ctx: &Context, domain: &str) -> (Vec<String>, Result<String, String>) {
-    (
-        Vec::new(),
-        Err(format!(
-            "check-tls `{domain}`: the TLS connectivity test is not available in this build"
-        )),
+async fn check_tls(ctx: &Context, domain: &str) -> (Vec<String>, Result<String, String>) {
+    let Some(config) = &ctx.args.relay_config else {
+        return (Vec::new(), Err("no relay configuration given".into()));
+    };
+    let config = config.to_string_lossy();
+    run_tool(
+        &["check-tls", "--config", &config, domain],
+        Duration::from_secs(90),
     )
+    .await
 }
 
 /// Loads the listener's certificate, or makes (once) and keeps a
