@@ -316,6 +316,7 @@ fn service_command(program: &str) -> Command {
         .env("PATH", "/bin")
         .env("SSL_CERT_FILE", "/etc/ssl/certs/ca-certificates.crt")
         .env("RUST_LOG", "info")
+        .env("NO_COLOR", "1")
         .current_dir(RUN_DIR);
     cmd
 }
