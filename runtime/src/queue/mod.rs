@@ -90,6 +90,8 @@ pub struct Runner {
     due: BTreeSet<(u64, MessageId)>,
     destinations: HashMap<String, Backoff>,
     attempts: JoinSet<(MessageId, Outcome)>,
+    /// Which message each running attempt task works on.
+    tasks: HashMap<tokio::task::Id, MessageId>,
     in_flight: usize,
 }
 
@@ -136,6 +138,7 @@ impl Runner {
             due: BTreeSet::new(),
             destinations: HashMap::new(),
             attempts: JoinSet::new(),
+            tasks: HashMap::new(),
             in_flight: 0,
         };
         tokio::spawn(runner.run(shutdown))
@@ -173,10 +176,13 @@ impl Runner {
                     if changed.is_err() { break; }
                 }
                 () = self.spool.arrived() => {}
-                Some(done) = self.attempts.join_next(), if self.in_flight > 0 => {
+                Some(done) = self.attempts.join_next_with_id(), if self.in_flight > 0 => {
                     match done {
-                        Ok((id, outcome)) => self.finish(id, outcome),
-                        Err(e) => tracing::error!(error = %e, "a delivery attempt task failed"),
+                        Ok((task, (id, outcome))) => {
+                            self.tasks.remove(&task);
+                            self.finish(id, outcome);
+                        }
+                        Err(e) => self.lost(e),
                     }
                 }
                 Some((req, reply)) = ctl_rx.recv() => {
@@ -272,10 +278,11 @@ impl Runner {
         let spool = self.spool.clone();
         let settings = self.settings.clone();
         self.in_flight += 1;
-        self.attempts.spawn(async move {
+        let task = self.attempts.spawn(async move {
             let outcome = attempt::run(msg, chosen, mode, policy, transport, spool, settings).await;
             (id, outcome)
         });
+        self.tasks.insert(task.id(), id);
     }
 
     /// Which recipients of `id` to attempt now, and the destinations whose
@@ -378,6 +385,40 @@ impl Runner {
             if next != u64::MAX {
                 self.due.insert((next, id));
             }
+        }
+    }
+
+    /// An attempt task died without a result: the message keeps its last
+    /// saved state and is tried again after a pause.
+    fn lost(&mut self, e: tokio::task::JoinError) {
+        self.in_flight = self.in_flight.saturating_sub(1);
+        let Some(id) = self.tasks.remove(&e.id()) else {
+            tracing::error!(error = %e, "a delivery attempt task failed");
+            return;
+        };
+        tracing::error!(%id, error = %e, "a delivery attempt task failed; retrying later");
+        let retry_at = now_ms() + NOTIFY_RETRY_MS;
+        let probes = match self.messages.get_mut(&id) {
+            Some(entry) => {
+                entry.in_flight = false;
+                std::mem::take(&mut entry.probes)
+            }
+            None => Vec::new(),
+        };
+        let mut wake = Vec::new();
+        for d in probes {
+            if let Some(b) = self.destinations.get_mut(&d) {
+                b.probing = false;
+                wake.extend(std::mem::take(&mut b.waiters));
+            }
+        }
+        if let Some(entry) = self.messages.get_mut(&id) {
+            self.due.remove(&(entry.next_ms, id));
+            entry.next_ms = retry_at;
+            self.due.insert((retry_at, id));
+        }
+        for w in wake {
+            self.reschedule(w);
         }
     }
 
