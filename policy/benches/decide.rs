@@ -62,7 +62,7 @@ fn big_policy() -> Policy {
                 port: 25,
             });
         } else if i % 25 == 0 {
-            let mut r = heapless::Vec::new();
+            let mut r = policy::bounded::BoundedVec::new();
             for (prio, h) in [(10, "mx1"), (20, "mx2")] {
                 r.push(InboundRoute {
                     priority: prio,

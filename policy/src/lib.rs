@@ -2,6 +2,8 @@
 //!
 //! # Layout
 //! - [`limits`]: every size bound of the model, one constant each.
+//! - [`bounded`]: `BoundedVec`, the heap-backed bounded list for large
+//!   elements (why: see its module doc).
 //! - [`model`]: the typed, span-free policy (`Policy`, `Domain`, `Settings`,
 //!   `Validation`, routes, retry schedule, trust anchors).
 //! - [`decision`]: the one decision function. `CompiledPolicy::decide`
@@ -16,6 +18,7 @@
 //! relay `blob::verify_and_decode` → `CompiledPolicy::new` → `decide`.
 
 pub mod blob;
+pub mod bounded;
 pub mod decision;
 pub mod limits;
 pub mod model;

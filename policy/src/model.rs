@@ -15,6 +15,7 @@ use core::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
+use crate::bounded::BoundedVec;
 use crate::limits::*;
 
 /// A lower-case ASCII DNS name without trailing dot (A-labels for IDNs).
@@ -280,7 +281,7 @@ pub enum Validation {
     /// T13/T14: dates, chain to a trusted root, and a name match against the
     /// host connected to or one of `trusted_names`.
     Strong {
-        trusted_names: heapless::Vec<DomainName, MAX_TRUSTED_NAMES>,
+        trusted_names: BoundedVec<DomainName, MAX_TRUSTED_NAMES>,
         /// Also compare names against the subject CN (not only the SAN).
         match_common_name: bool,
     },
@@ -291,7 +292,7 @@ pub enum Validation {
 impl Default for Validation {
     fn default() -> Self {
         Validation::Strong {
-            trusted_names: heapless::Vec::new(),
+            trusted_names: BoundedVec::new(),
             match_common_name: false,
         }
     }
@@ -354,7 +355,7 @@ pub enum Delivery {
     #[default]
     Mx,
     /// T16: configured inbound servers in priority order, with fall-through.
-    InboundRoutes(heapless::Vec<InboundRoute, MAX_ROUTES>),
+    InboundRoutes(BoundedVec<InboundRoute, MAX_ROUTES>),
     /// T16/T17: one specific server, TLS static route.
     Static(Target),
 }
@@ -385,9 +386,9 @@ pub struct Domain {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct DomainDetails {
     /// The domain's outbound mail servers (T4, T6).
-    pub outbound_servers: heapless::Vec<IpNet, MAX_OUTBOUND_SERVERS>,
+    pub outbound_servers: BoundedVec<IpNet, MAX_OUTBOUND_SERVERS>,
     /// T11/T12: sub-domains outside the domain's enforcement.
-    pub excluded: heapless::Vec<DomainName, MAX_EXCLUDED>,
+    pub excluded: BoundedVec<DomainName, MAX_EXCLUDED>,
     pub delivery: Delivery,
 }
 

@@ -11,7 +11,7 @@ mod common;
 
 use std::net::{IpAddr, Ipv4Addr};
 
-use common::{hvec, name, required, strong};
+use common::{bvec, name, required, strong};
 use policy::*;
 
 const OUTBOUND_REQ: IpAddr = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 10)); // b.example's servers
@@ -47,10 +47,10 @@ fn fixture(defaults: Settings, always_attempt_tls: bool) -> CompiledPolicy {
             name: name("b.example"),
             settings: Some(Box::new(required(strong(&["trusted.b.example"])))),
             details: Some(Box::new(DomainDetails {
-                outbound_servers: hvec([IpNet::parse("192.0.2.0/24").unwrap()]),
-                excluded: hvec([name("legacy.b.example")]),
+                outbound_servers: bvec([IpNet::parse("192.0.2.0/24").unwrap()]),
+                excluded: bvec([name("legacy.b.example")]),
                 // Written out of order: the plan lists them by priority.
-                delivery: Delivery::InboundRoutes(hvec([
+                delivery: Delivery::InboundRoutes(bvec([
                     route(20, "mx2.b.example"),
                     route(10, "mx1.b.example"),
                 ])),
@@ -75,7 +75,7 @@ fn fixture(defaults: Settings, always_attempt_tls: bool) -> CompiledPolicy {
             name: name("d.example"),
             settings: Some(Box::new(Settings::default())),
             details: Some(Box::new(DomainDetails {
-                outbound_servers: hvec([IpNet::parse("203.0.113.5").unwrap()]),
+                outbound_servers: bvec([IpNet::parse("203.0.113.5").unwrap()]),
                 ..Default::default()
             })),
         },
@@ -644,7 +644,7 @@ fn t4_t10_outbound_enforcement_from_defaults() {
         name: name("e.example"),
         settings: None,
         details: Some(Box::new(DomainDetails {
-            outbound_servers: hvec([IpNet::parse("2001:db8::/48").unwrap()]),
+            outbound_servers: bvec([IpNet::parse("2001:db8::/48").unwrap()]),
             ..Default::default()
         })),
     }];

@@ -538,7 +538,7 @@ impl Checker {
                 }
                 d.validation = Some(Validation::Relaxed);
             } else {
-                let mut names = heapless::Vec::new();
+                let mut names = policy::bounded::BoundedVec::new();
                 if let Some((list, _)) = trusted {
                     for n in list.into_iter().take(MAX_TRUSTED_NAMES) {
                         let _ = names.push(n);
@@ -665,7 +665,7 @@ impl Checker {
                 if !ok {
                     return None;
                 }
-                let mut v = heapless::Vec::new();
+                let mut v = policy::bounded::BoundedVec::new();
                 for r in routes {
                     let _ = v.push(r);
                 }

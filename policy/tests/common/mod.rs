@@ -5,6 +5,7 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
+use policy::bounded::BoundedVec;
 use policy::*;
 use proptest::collection::{btree_set, vec};
 use proptest::prelude::*;
@@ -21,9 +22,17 @@ pub fn hvec<T, const N: usize>(items: impl IntoIterator<Item = T>) -> heapless::
     v
 }
 
+pub fn bvec<T, const N: usize>(items: impl IntoIterator<Item = T>) -> BoundedVec<T, N> {
+    let mut v = BoundedVec::new();
+    for i in items {
+        assert!(v.push(i).is_ok(), "over capacity");
+    }
+    v
+}
+
 pub fn strong(names: &[&str]) -> Validation {
     Validation::Strong {
-        trusted_names: hvec(names.iter().map(|n| name(n))),
+        trusted_names: bvec(names.iter().map(|n| name(n))),
         match_common_name: false,
     }
 }
@@ -49,12 +58,12 @@ pub fn sample_policy() -> Policy {
             name: name("b.example"),
             settings: Some(Box::new(required(strong(&["mx.b.example"])))),
             details: Some(Box::new(DomainDetails {
-                outbound_servers: hvec([
+                outbound_servers: bvec([
                     IpNet::parse("192.0.2.0/24").unwrap(),
                     IpNet::parse("2001:db8::/32").unwrap(),
                 ]),
-                excluded: hvec([name("legacy.b.example")]),
-                delivery: Delivery::InboundRoutes(hvec([
+                excluded: bvec([name("legacy.b.example")]),
+                delivery: Delivery::InboundRoutes(bvec([
                     InboundRoute {
                         priority: 10,
                         target: Target {
@@ -92,7 +101,7 @@ pub fn sample_policy() -> Policy {
         name: name("partner.example"),
         outbound: Enforcement::Required,
         validation: Validation::Strong {
-            trusted_names: heapless::Vec::new(),
+            trusted_names: BoundedVec::new(),
             match_common_name: true,
         },
     }];
@@ -156,7 +165,7 @@ pub fn validation() -> impl Strategy<Value = Validation> {
     prop_oneof![
         Just(Validation::Relaxed),
         (vec(domain_name(), 0..=4), any::<bool>()).prop_map(|(n, cn)| Validation::Strong {
-            trusted_names: hvec(n),
+            trusted_names: bvec(n),
             match_common_name: cn,
         }),
     ]
@@ -186,7 +195,7 @@ pub fn target() -> impl Strategy<Value = Target> {
 pub fn delivery() -> impl Strategy<Value = Delivery> {
     prop_oneof![
         Just(Delivery::Mx),
-        vec((any::<u16>(), target()), 1..=4).prop_map(|r| Delivery::InboundRoutes(hvec(
+        vec((any::<u16>(), target()), 1..=4).prop_map(|r| Delivery::InboundRoutes(bvec(
             r.into_iter()
                 .map(|(priority, target)| InboundRoute { priority, target })
         ))),
@@ -197,8 +206,8 @@ pub fn delivery() -> impl Strategy<Value = Delivery> {
 pub fn details() -> impl Strategy<Value = DomainDetails> {
     (vec(ip_net(), 0..4), vec(domain_name(), 0..4), delivery()).prop_map(|(o, e, delivery)| {
         DomainDetails {
-            outbound_servers: hvec(o),
-            excluded: hvec(e),
+            outbound_servers: bvec(o),
+            excluded: bvec(e),
             delivery,
         }
     })
