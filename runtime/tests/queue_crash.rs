@@ -159,11 +159,13 @@ async fn acknowledged_mail_survives_sigkill() {
 
     // Policy: example.com delivered by a static route to the sink, quick
     // retries.
-    let mut details = DomainDetails::default();
-    details.delivery = Delivery::Static(Target {
-        host: RouteHost::Ip(sink_addr.ip()),
-        port: sink_addr.port(),
-    });
+    let details = DomainDetails {
+        delivery: Delivery::Static(Target {
+            host: RouteHost::Ip(sink_addr.ip()),
+            port: sink_addr.port(),
+        }),
+        ..DomainDetails::default()
+    };
     let mut p = Policy::empty(1);
     p.domains.push(Domain {
         name: DomainName::parse("example.com").unwrap(),
