@@ -74,14 +74,23 @@ fn main() {
         .build()
         .unwrap();
     let mut body = Vec::new();
-    body.extend_from_slice(b"From: <sender@sender.test>\r\nTo: <rcpt@example.com>\r\nSubject: bench\r\n\r\n");
+    body.extend_from_slice(
+        b"From: <sender@sender.test>\r\nTo: <rcpt@example.com>\r\nSubject: bench\r\n\r\n",
+    );
     while body.len() < 4096 {
-        body.extend_from_slice(b"0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcd\r\n");
+        body.extend_from_slice(
+            b"0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcd\r\n",
+        );
     }
     let body = Arc::new(body);
-    println!("spool bench: 4 KiB messages, {secs} s per run, acknowledged (durable) messages per second");
+    println!(
+        "spool bench: 4 KiB messages, {secs} s per run, acknowledged (durable) messages per second"
+    );
     for writers in [1usize, 20, 100] {
-        for (name, mode) in [("per-message fsync", SyncMode::PerMessage), ("group commit", SyncMode::Grouped)] {
+        for (name, mode) in [
+            ("per-message fsync", SyncMode::PerMessage),
+            ("group commit", SyncMode::Grouped),
+        ] {
             let rate = rt.block_on(run(mode, writers, secs, body.clone()));
             println!("{writers:>4} writers  {name:<18} {rate:>9.0} msg/s");
         }
