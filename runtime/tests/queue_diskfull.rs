@@ -112,7 +112,7 @@ async fn small_tmpfs_fills_up() {
     struct Unmount<'a>(&'a std::path::Path);
     impl Drop for Unmount<'_> {
         fn drop(&mut self) {
-            let _ = Command::new("umount").arg(self.0).status();
+            let _ = Command::new("umount").arg("-l").arg(self.0).status();
         }
     }
     let _unmount = Unmount(dir.path());
