@@ -17,17 +17,17 @@
 //! Data path: client → `server` → `spool` (durable) → `queue` asks
 //! `policy::CompiledPolicy::decide` per recipient → `delivery` → next hop.
 
-pub mod envelope;
-pub mod policy_store;
-pub mod transport;
 pub mod config;
 pub mod delivery;
+pub mod envelope;
+pub mod identity;
 pub mod init;
 pub mod manage;
+pub mod policy_store;
 pub mod queue;
+pub mod relay;
 pub mod server;
 pub mod smtp;
 pub mod spool;
-pub mod identity;
-pub mod relay;
 pub mod tools;
+pub mod transport;

@@ -38,6 +38,10 @@ enum Command {
     CheckTls(tlsgate::delivery::checktls::Args),
     /// Inspect and manage the mail queue.
     Queue(tlsgate::queue::cli::Args),
+    /// Run the appliance's management listener (policy push, queue, check-tls).
+    Manage(tlsgate::manage::Args),
+    /// Talk to a running appliance's management listener.
+    Remote(tlsgate::manage::remote::Args),
     /// An SMTP sink for tests, demos and benchmarks.
     Sink(tlsgate::tools::sink::SinkArgs),
     /// An SMTP load generator.
@@ -49,7 +53,8 @@ fn init_logging(format: LogFormat) {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
     match format {
         LogFormat::Plain => builder.init(),
         LogFormat::Json => builder.json().flatten_event(true).init(),
@@ -115,6 +120,8 @@ fn main() -> ExitCode {
         }
         Command::CheckTls(args) => rt.block_on(tlsgate::delivery::checktls::cli(args)),
         Command::Queue(args) => rt.block_on(tlsgate::queue::cli::cli(args)),
+        Command::Manage(args) => rt.block_on(tlsgate::manage::cli(args)),
+        Command::Remote(args) => rt.block_on(tlsgate::manage::remote::cli(args)),
         Command::Sink(args) => match rt.block_on(tlsgate::tools::sink::run(args)) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
