@@ -1,64 +1,14 @@
 //! A TLS client configuration that accepts any server certificate.
 //!
 //! For the load generator and tests, which measure or probe a server whose
-//! certificate is self-signed. Handshake signatures are still verified, so
-//! the session is encrypted, but the server is not authenticated. Delivery
-//! never uses this.
+//! certificate is self-signed. It uses the delivery side's
+//! [`NoCertificateCheck`] (the one verifier that skips certificate checks),
+//! so handshake signatures are still verified: the session is encrypted,
+//! but the server is not authenticated.
 
 use std::sync::Arc;
 
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::crypto::{verify_tls12_signature, verify_tls13_signature, CryptoProvider};
-use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::{DigitallySignedStruct, SignatureScheme};
-
-#[derive(Debug)]
-struct AcceptAnyCertificate(Arc<CryptoProvider>);
-
-impl ServerCertVerifier for AcceptAnyCertificate {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
-    }
-}
+use crate::delivery::danger::NoCertificateCheck;
 
 /// A client configuration that does not authenticate the server.
 pub fn accept_any_certificate() -> Result<Arc<rustls::ClientConfig>, rustls::Error> {
@@ -66,7 +16,7 @@ pub fn accept_any_certificate() -> Result<Arc<rustls::ClientConfig>, rustls::Err
     let config = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()?
         .dangerous()
-        .with_custom_certificate_verifier(Arc::new(AcceptAnyCertificate(provider)))
+        .with_custom_certificate_verifier(Arc::new(NoCertificateCheck::new(provider, None)))
         .with_no_client_auth();
     Ok(Arc::new(config))
 }
