@@ -11,16 +11,21 @@
 //!   (relaxed T15, opportunistic T2).
 //! - [`session`]: one attempt on one address: banner, EHLO, STARTTLS per
 //!   the plan's TLS requirement, MAIL/RCPT/DATA, per-recipient outcomes.
+//! - [`pool`]: idle connections kept for reuse with the same next hop and
+//!   the same TLS/validation inputs (`RSET` before reuse).
 //! - [`checktls`]: the TLS connectivity test (T8).
 //!
 //! Data path: queue → [`Deliverer::deliver`] (through
 //! [`crate::transport::Transport`]) → route → for each hop and address,
-//! `session::attempt` until one reaches a mail transaction → report.
+//! a pooled connection (checked with `RSET`) or `session::open`, until one
+//! reaches a mail transaction → report; a healthy connection goes back to
+//! the pool.
 
 pub mod checktls;
 pub mod client;
 pub mod danger;
 pub mod data;
+pub mod pool;
 pub mod route;
 pub mod session;
 pub mod tls;
@@ -28,7 +33,7 @@ pub mod tls;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use hickory_resolver::config::{ConnectionConfig, NameServerConfig, ResolverConfig, ResolverOpts};
@@ -39,8 +44,10 @@ use rustls::pki_types::CertificateDer;
 use rustls::RootCertStore;
 
 use crate::transport::{DeliveryJob, DeliveryReport, RecipientOutcome, Transport};
+pub use pool::PoolSettings;
+use pool::{Pool, PoolKey, Pooled};
 use route::{Hop, RouteError};
-use session::{AttemptError, FailureKind, TlsMode};
+use session::{AttemptError, Done, FailureKind, TlsMode};
 use tls::CertCheck;
 
 /// Which DNS servers MX routing asks.
@@ -97,6 +104,8 @@ pub struct DeliveryConfig {
     /// Extra roots trusted for strong validation besides webpki-roots
     /// (test PKIs).
     pub extra_roots_for_tests: Vec<CertificateDer<'static>>,
+    /// Connection reuse ([`pool`]).
+    pub pool: PoolSettings,
 }
 
 impl Default for DeliveryConfig {
@@ -109,6 +118,7 @@ impl Default for DeliveryConfig {
             max_addresses_per_host: 3,
             mx_port: 25,
             extra_roots_for_tests: Vec::new(),
+            pool: PoolSettings::default(),
         }
     }
 }
@@ -136,6 +146,9 @@ struct Inner {
     resolver: TokioResolver,
     /// webpki-roots plus the configured extra roots.
     base_roots: RootCertStore,
+    /// The roots of the latest policy: (serial, anchors fingerprint, roots).
+    roots_cache: Mutex<Option<(u64, u64, Arc<RootCertStore>)>>,
+    pool: Arc<Pool>,
 }
 
 impl std::fmt::Debug for Deliverer {
@@ -189,11 +202,17 @@ impl Deliverer {
                 .add(der.clone())
                 .map_err(|e| DeliveryError::Root(i, e.to_string()))?;
         }
+        let pool = Pool::new(
+            config.pool.clone(),
+            config.timeouts.command.min(Duration::from_secs(5)),
+        );
         Ok(Deliverer {
             inner: Arc::new(Inner {
                 config,
                 resolver,
                 base_roots,
+                roots_cache: Mutex::new(None),
+                pool,
             }),
         })
     }
@@ -217,6 +236,82 @@ impl Deliverer {
             }
         }
         Arc::new(roots)
+    }
+
+    /// [`Self::roots_for`], built once per policy (serial and anchor set).
+    fn roots_cached(&self, serial: u64, anchors: &[policy::TrustAnchor]) -> Arc<RootCertStore> {
+        let fp = pool::anchors_fingerprint(anchors);
+        let mut cache = self
+            .inner
+            .roots_cache
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if let Some((s, f, roots)) = cache.as_ref() {
+            if *s == serial && *f == fp {
+                return roots.clone();
+            }
+        }
+        let roots = self.roots_for(anchors);
+        *cache = Some((serial, fp, roots.clone()));
+        roots
+    }
+
+    /// Idle connections held for reuse now.
+    pub fn idle_connections(&self) -> usize {
+        self.inner.pool.idle_count()
+    }
+
+    /// A mail transaction on `addr`: on a pooled connection with exactly
+    /// this key when one answers `RSET`, else on a new one. A healthy
+    /// connection goes back to the pool afterwards.
+    async fn attempt_pooled(
+        &self,
+        job: &DeliveryJob<'_>,
+        hop: &Hop,
+        addr: SocketAddr,
+        mode: &TlsMode,
+        anchors_fp: u64,
+    ) -> Result<Done, AttemptError> {
+        let cfg = &self.inner.config;
+        let label = format!("{} [{}]", hop.label(), addr.ip());
+        let key = PoolKey {
+            addr,
+            host: hop.label(),
+            mode: mode.clone(),
+            policy_serial: job.policy_serial,
+            anchors: anchors_fp,
+        };
+        let rset_limit = cfg.timeouts.command.min(Duration::from_secs(30));
+        let mut found = None;
+        while let Some(mut p) = self.inner.pool.take(&key) {
+            if p.conn.rset(rset_limit).await {
+                found = Some(p);
+                break;
+            }
+            tracing::debug!(target: "delivery", message_id = job.message_id, next_hop = %label, "pooled connection did not answer RSET; dropped");
+            p.conn.quit(Duration::from_millis(200)).await;
+        }
+        let (conn, transactions) = match found {
+            Some(p) => (p.conn, p.transactions),
+            None => {
+                let roots = self.roots_cached(job.policy_serial, job.trust_anchors);
+                (
+                    session::open(cfg, hop, addr, mode, roots, None, None).await?,
+                    0,
+                )
+            }
+        };
+        let (done, healthy) = session::run_transaction(conn, cfg, job, &label).await;
+        if let Some(conn) = healthy {
+            let pooled = Pooled {
+                conn,
+                transactions: transactions + 1,
+            };
+            if let Err(p) = self.inner.pool.put(key, pooled) {
+                p.conn.quit(cfg.timeouts.command).await;
+            }
+        }
+        Ok(done)
     }
 
     /// One delivery attempt (what [`Transport::deliver`] runs).
@@ -243,7 +338,7 @@ impl Deliverer {
                 return report;
             }
         };
-        let roots = self.roots_for(job.trust_anchors);
+        let anchors_fp = pool::anchors_fingerprint(job.trust_anchors);
         let mut last: Option<(String, bool)> = None;
         let mut all_permanent = true;
         for hop in hops.iter().take(cfg.max_hosts.max(1)) {
@@ -262,7 +357,7 @@ impl Deliverer {
                 let mode = tls_mode(job, hop);
                 let label = format!("{} [{}]", hop.label(), addr.ip());
                 report.next_hop = Some(label.clone());
-                let result = session::attempt(cfg, job, hop, addr, &mode, roots.clone()).await;
+                let result = self.attempt_pooled(job, hop, addr, &mode, anchors_fp).await;
                 let result = match result {
                     Err(AttemptError {
                         kind: FailureKind::Tls,
@@ -272,7 +367,8 @@ impl Deliverer {
                         // Opportunistic TLS failed: once more on a new
                         // connection, in clear (docs/delivery.md).
                         tracing::info!(target: "delivery", message_id = job.message_id, next_hop = %label, %reason, "opportunistic TLS failed; retrying in clear");
-                        session::attempt(cfg, job, hop, addr, &TlsMode::Never, roots.clone()).await
+                        self.attempt_pooled(job, hop, addr, &TlsMode::Never, anchors_fp)
+                            .await
                     }
                     other => other,
                 };

@@ -28,7 +28,7 @@ use crate::smtp::reply::Reply;
 use crate::transport::{DeliveryJob, RecipientOutcome};
 
 /// What to do about STARTTLS on one connection.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum TlsMode {
     /// T3: never attempt STARTTLS.
     Never,
@@ -86,6 +86,34 @@ pub struct Step {
 pub enum Established {
     Clear(Conn<TcpStream>, Reply),
     Tls(Box<Conn<TlsStream<TcpStream>>>, Reply, TlsInfo),
+}
+
+impl Established {
+    /// `RSET` before reusing a pooled connection: true when the server
+    /// answered `250` (a closed or broken connection answers nothing).
+    pub async fn rset(&mut self, limit: Duration) -> bool {
+        let reply = match self {
+            Established::Clear(c, _) => c.command("RSET", limit, "the reply to RSET").await,
+            Established::Tls(c, _, _) => c.command("RSET", limit, "the reply to RSET").await,
+        };
+        matches!(reply, Ok(r) if r.code == 250)
+    }
+
+    /// `QUIT` and close (errors ignored).
+    pub async fn quit(self, limit: Duration) {
+        match self {
+            Established::Clear(c, _) => c.quit(limit).await,
+            Established::Tls(c, _, _) => c.quit(limit).await,
+        }
+    }
+
+    /// The TLS parameters, when the connection is TLS.
+    pub fn tls(&self) -> Option<&TlsInfo> {
+        match self {
+            Established::Clear(..) => None,
+            Established::Tls(_, _, info) => Some(info),
+        }
+    }
 }
 
 struct Steps<'s>(Option<&'s mut Vec<Step>>);
@@ -344,7 +372,7 @@ async fn hello<S: AsyncRead + AsyncWrite + Unpin + Send>(
     ))
 }
 
-/// One attempt: [`open`], then the mail transaction.
+/// One attempt: [`open`], then the mail transaction, then `QUIT`.
 pub async fn attempt(
     cfg: &DeliveryConfig,
     job: &DeliveryJob<'_>,
@@ -354,22 +382,49 @@ pub async fn attempt(
     roots: Arc<RootCertStore>,
 ) -> Result<Done, AttemptError> {
     let label = format!("{} [{}]", hop.label(), addr.ip());
-    match open(cfg, hop, addr, mode, roots, None, None).await? {
+    let est = open(cfg, hop, addr, mode, roots, None, None).await?;
+    let (done, healthy) = run_transaction(est, cfg, job, &label).await;
+    if let Some(conn) = healthy {
+        conn.quit(cfg.timeouts.command).await;
+    }
+    Ok(done)
+}
+
+/// The mail transaction on an established connection. Gives the
+/// connection back when it is still usable for another transaction (every
+/// command got a reply, none was `421`); otherwise it has been closed.
+pub async fn run_transaction(
+    est: Established,
+    cfg: &DeliveryConfig,
+    job: &DeliveryJob<'_>,
+    label: &str,
+) -> (Done, Option<Established>) {
+    match est {
         Established::Clear(mut conn, ehlo) => {
-            let outcomes = transact(&mut conn, &ehlo, cfg, job, &label).await;
-            conn.quit(cfg.timeouts.command).await;
-            Ok(Done {
+            let (outcomes, healthy) = transact(&mut conn, &ehlo, cfg, job, label).await;
+            let done = Done {
                 outcomes,
                 tls: None,
-            })
+            };
+            if healthy {
+                (done, Some(Established::Clear(conn, ehlo)))
+            } else {
+                conn.quit(cfg.timeouts.command).await;
+                (done, None)
+            }
         }
         Established::Tls(mut conn, ehlo, info) => {
-            let outcomes = transact(conn.as_mut(), &ehlo, cfg, job, &label).await;
-            conn.quit(cfg.timeouts.command).await;
-            Ok(Done {
+            let (outcomes, healthy) = transact(conn.as_mut(), &ehlo, cfg, job, label).await;
+            let done = Done {
                 outcomes,
-                tls: Some(info),
-            })
+                tls: Some(info.clone()),
+            };
+            if healthy {
+                (done, Some(Established::Tls(conn, ehlo, info)))
+            } else {
+                conn.quit(cfg.timeouts.command).await;
+                (done, None)
+            }
         }
     }
 }
@@ -383,26 +438,32 @@ fn outcome_of(reply: &Reply, label: &str) -> RecipientOutcome {
     }
 }
 
-/// MAIL, RCPT per recipient, DATA with the streamed body.
+/// MAIL, RCPT per recipient, DATA with the streamed body. The flag says
+/// whether the connection can carry another transaction.
 async fn transact<S: AsyncRead + AsyncWrite + Unpin + Send>(
     conn: &mut Conn<S>,
     ehlo: &Reply,
     cfg: &DeliveryConfig,
     job: &DeliveryJob<'_>,
     label: &str,
-) -> Vec<(String, RecipientOutcome)> {
+) -> (Vec<(String, RecipientOutcome)>, bool) {
     let t = &cfg.timeouts;
     let mut outcomes: Vec<(String, Option<RecipientOutcome>)> =
         job.recipients.iter().map(|r| (r.clone(), None)).collect();
     let io_fail = |e: SessionError, stage: &str| RecipientOutcome::Temporary {
         reason: format!("4.4.2 {label}: {e} ({stage})"),
     };
-    let finish = |outcomes: Vec<(String, Option<RecipientOutcome>)>, rest: RecipientOutcome| {
-        outcomes
+    let finish = |outcomes: Vec<(String, Option<RecipientOutcome>)>,
+                  rest: RecipientOutcome,
+                  healthy: bool| {
+        let v = outcomes
             .into_iter()
             .map(|(r, o)| (r, o.unwrap_or_else(|| rest.clone())))
-            .collect::<Vec<_>>()
+            .collect::<Vec<_>>();
+        (v, healthy)
     };
+    // 421: the server is closing the connection.
+    let usable = |r: &Reply| r.code != 421;
 
     let mut mail = format!("MAIL FROM:<{}>", job.mail_from);
     if ehlo.has_keyword("SIZE") {
@@ -412,18 +473,22 @@ async fn transact<S: AsyncRead + AsyncWrite + Unpin + Send>(
     }
     match conn.command(&mail, t.command, "the reply to MAIL").await {
         Ok(r) if r.is_positive() => {}
-        Ok(r) => return finish(outcomes, outcome_of(&r, label)),
-        Err(e) => return finish(outcomes, io_fail(e, "MAIL")),
+        Ok(r) => return finish(outcomes, outcome_of(&r, label), usable(&r)),
+        Err(e) => return finish(outcomes, io_fail(e, "MAIL"), false),
     }
     let mut accepted = 0usize;
+    let mut healthy = true;
     for (rcpt, slot) in outcomes.iter_mut() {
         match conn
             .command(&format!("RCPT TO:<{rcpt}>"), t.command, "the reply to RCPT")
             .await
         {
             Ok(r) if r.is_positive() => accepted += 1,
-            Ok(r) => *slot = Some(outcome_of(&r, label)),
-            Err(e) => return finish(outcomes, io_fail(e, "RCPT")),
+            Ok(r) => {
+                healthy &= usable(&r);
+                *slot = Some(outcome_of(&r, label));
+            }
+            Err(e) => return finish(outcomes, io_fail(e, "RCPT"), false),
         }
     }
     if accepted == 0 {
@@ -432,20 +497,24 @@ async fn transact<S: AsyncRead + AsyncWrite + Unpin + Send>(
             RecipientOutcome::Temporary {
                 reason: format!("4.4.2 {label}: no recipient accepted"),
             },
+            healthy,
         );
     }
     match conn.command("DATA", t.command, "the reply to DATA").await {
         Ok(r) if r.code == 354 => {}
-        Ok(r) => return finish(outcomes, outcome_of(&r, label)),
-        Err(e) => return finish(outcomes, io_fail(e, "DATA")),
+        Ok(r) => return finish(outcomes, outcome_of(&r, label), healthy && usable(&r)),
+        Err(e) => return finish(outcomes, io_fail(e, "DATA"), false),
     }
-    let rest = match conn.send_body(job.body, t.data, t.data).await {
-        Ok(r) if r.is_positive() => RecipientOutcome::Delivered,
-        Ok(r) => outcome_of(&r, label),
-        Err(SessionError::Spool(e)) => RecipientOutcome::Temporary {
-            reason: format!("4.3.0 cannot read the message from the spool: {e}"),
-        },
-        Err(e) => io_fail(e, "end of data"),
+    let (rest, ok) = match conn.send_body(job.body, t.data, t.data).await {
+        Ok(r) if r.is_positive() => (RecipientOutcome::Delivered, true),
+        Ok(r) => (outcome_of(&r, label), usable(&r)),
+        Err(SessionError::Spool(e)) => (
+            RecipientOutcome::Temporary {
+                reason: format!("4.3.0 cannot read the message from the spool: {e}"),
+            },
+            false,
+        ),
+        Err(e) => (io_fail(e, "end of data"), false),
     };
-    finish(outcomes, rest)
+    finish(outcomes, rest, healthy && ok)
 }

@@ -24,7 +24,7 @@ use rustls::{
 use super::danger::NoCertificateCheck;
 
 /// How the presented certificate is checked on one connection.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum CertCheck {
     /// T13/T14: chain, dates, and one of `names` (host name first, then
     /// trusted names) in the SAN — or the CN with `match_cn`.

@@ -134,6 +134,7 @@ pub fn config(dns: Option<SocketAddr>, roots: &[&CertificateDer<'static>]) -> De
         max_addresses_per_host: 3,
         mx_port: 25,
         extra_roots_for_tests: roots.iter().map(|r| (*r).clone()).collect(),
+        pool: Default::default(),
     }
 }
 
