@@ -307,7 +307,7 @@ impl Deliverer {
                 conn,
                 transactions: transactions + 1,
             };
-            if let Err(p) = self.inner.pool.put(key, pooled) {
+            if let Some(p) = self.inner.pool.put(key, pooled) {
                 p.conn.quit(cfg.timeouts.command).await;
             }
         }

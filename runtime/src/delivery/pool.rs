@@ -177,21 +177,22 @@ impl Pool {
         found
     }
 
-    /// Parks a healthy connection. Gives it back when it may not be kept
-    /// (reuse disabled, too many transactions, pool full): the caller
-    /// closes it.
-    pub fn put(self: &Arc<Self>, key: PoolKey, pooled: Pooled) -> Result<(), Pooled> {
+    /// Parks a healthy connection. Gives it back (`Some`) when it may not
+    /// be kept (reuse disabled, too many transactions, pool full): the
+    /// caller closes it.
+    #[must_use]
+    pub fn put(self: &Arc<Self>, key: PoolKey, pooled: Pooled) -> Option<Pooled> {
         if !self.settings.enabled() || pooled.transactions >= self.settings.max_transactions {
-            return Err(pooled);
+            return Some(pooled);
         }
         let start_reaper = {
             let mut st = self.lock();
             if st.total >= self.settings.max_idle_total {
-                return Err(pooled);
+                return Some(pooled);
             }
             let list = st.idle.entry(key).or_default();
             if list.len() >= self.settings.max_idle_per_destination {
-                return Err(pooled);
+                return Some(pooled);
             }
             list.push(Idle {
                 pooled,
@@ -205,7 +206,7 @@ impl Pool {
         if start_reaper {
             self.spawn_reaper();
         }
-        Ok(())
+        None
     }
 
     /// Removes and returns the expired connections; says whether the pool
