@@ -40,6 +40,10 @@ pub struct Config {
     pub dns: DnsConfig,
     #[serde(default)]
     pub limits: Limits,
+    /// Where `RCPT TO:<postmaster>` (without a domain) is delivered;
+    /// default `postmaster@` the policy's first registered domain.
+    #[serde(default)]
+    pub postmaster: Option<String>,
 }
 
 fn default_listen() -> Vec<SocketAddr> {
@@ -89,6 +93,9 @@ pub struct Limits {
     pub policy_poll_millis: u64,
     /// How long sessions may take to finish at shutdown, in seconds.
     pub shutdown_grace_secs: u64,
+    /// Wait before the SMTP greeting, in milliseconds; clients that talk
+    /// during it are refused with `554 5.5.0`. Zero: no wait, no check.
+    pub greeting_delay_millis: u64,
 }
 
 impl Default for Limits {
@@ -103,6 +110,7 @@ impl Default for Limits {
             max_errors: 10,
             policy_poll_millis: 1000,
             shutdown_grace_secs: 30,
+            greeting_delay_millis: 0,
         }
     }
 }
@@ -179,6 +187,7 @@ impl Config {
             max_message_size: self.limits.max_message_size,
             max_recipients: self.limits.max_recipients,
             max_errors: self.limits.max_errors,
+            postmaster: self.postmaster.clone(),
         }
     }
 
@@ -188,6 +197,7 @@ impl Config {
             max_connections_per_ip: self.limits.max_connections_per_ip,
             idle_timeout: Duration::from_secs(self.limits.idle_timeout_secs),
             session_timeout: Duration::from_secs(self.limits.session_timeout_secs),
+            greeting_delay: Duration::from_millis(self.limits.greeting_delay_millis),
         }
     }
 }

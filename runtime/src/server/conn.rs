@@ -14,13 +14,16 @@ use tokio::time::Instant;
 
 use super::session::{Reply, Session, Step, TlsInfo};
 use super::sink::{MessageSink, SinkError};
-use crate::smtp::command::{parse_command, skip_line, DataDecoder, Parsed};
+use crate::smtp::command::{parse_command, skip_line, Command, DataDecoder, Parsed};
 
 /// What a connection needs besides its stream.
 pub struct ConnContext {
     pub sink: Arc<dyn MessageSink>,
     pub tls: Option<tokio_rustls::TlsAcceptor>,
     pub idle_timeout: Duration,
+    /// How long to wait before the greeting, listening for clients that
+    /// talk first (zero: no wait, no check).
+    pub greeting_delay: Duration,
     pub deadline: Instant,
     pub shutdown: watch::Receiver<bool>,
 }
@@ -45,9 +48,24 @@ where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
     let mut out = Vec::new();
+    let mut buf = Vec::new();
+    if !ctx.greeting_delay.is_zero() {
+        // RFC 5321 §4.3.1: the client waits for the greeting. One that
+        // talks first is a spam engine or an attack on the parser.
+        match tokio::time::timeout(ctx.greeting_delay, stream.read_buf(&mut buf)).await {
+            Err(_) => {}
+            Ok(Ok(0)) | Ok(Err(_)) => return Ok(()),
+            Ok(Ok(_)) => {
+                tracing::info!(peer = %session.peer(), "client talked before the greeting");
+                Reply::new(554, "5.5.0 protocol violation: talked before the greeting")
+                    .write_to(&mut out);
+                stream.write_all(&out).await?;
+                return Ok(());
+            }
+        }
+    }
     session.greeting().write_to(&mut out);
     stream.write_all(&out).await?;
-    let mut buf = Vec::new();
     match drive(&mut stream, &mut session, &mut ctx, &mut buf).await? {
         End::Closed => return Ok(()),
         End::StartTls => {}
@@ -174,6 +192,19 @@ where
                 Parsed::Complete { command, consumed } => (command, consumed),
             };
             used += n;
+            // RFC 2920 §3.1: EHLO, HELO and DATA end a group; a client
+            // that sends more before their reply is not speaking SMTP (and
+            // text after a DATA that fails would run as commands).
+            let ends_group = matches!(
+                command,
+                Ok(Command::Ehlo(_) | Command::Helo(_) | Command::Data)
+            );
+            if ends_group && used < buf.len() {
+                tracing::info!(peer = %session.peer(), "improper pipelining, closing");
+                Reply::new(554, "5.5.0 improper pipelining, closing connection").write_to(&mut out);
+                stream.write_all(&out).await?;
+                return Ok(End::Closed);
+            }
             match session.command(command, ctx.sink.has_room()) {
                 Step::Reply(r) => r.write_to(&mut out),
                 Step::Close(r) => {

@@ -35,6 +35,9 @@ pub struct ServerLimits {
     pub idle_timeout: Duration,
     /// Longest whole session.
     pub session_timeout: Duration,
+    /// Wait before the greeting; a client that talks within it is refused
+    /// (`554 5.5.0`). Zero: greet at once, no check.
+    pub greeting_delay: Duration,
 }
 
 impl Default for ServerLimits {
@@ -44,6 +47,7 @@ impl Default for ServerLimits {
             max_connections_per_ip: 50,
             idle_timeout: Duration::from_secs(300),
             session_timeout: Duration::from_secs(1800),
+            greeting_delay: Duration::ZERO,
         }
     }
 }
@@ -202,6 +206,7 @@ impl Server {
             sink: self.inner.sink.clone(),
             tls: self.inner.tls.clone(),
             idle_timeout: self.inner.limits.idle_timeout,
+            greeting_delay: self.inner.limits.greeting_delay,
             deadline: Instant::now() + self.inner.limits.session_timeout,
             shutdown,
         };
@@ -242,10 +247,26 @@ mod tests {
         let peer: IpAddr = "192.0.2.7".parse().unwrap();
         let task = tokio::spawn(async move { server.handle(server_end, peer, rx).await });
         let (mut r, mut w) = tokio::io::split(client);
-        w.write_all(b"EHLO x\r\nMAIL FROM:<a@b>\r\nRCPT TO:<c@d>\r\nDATA\r\nhi\r\n.\r\nQUIT\r\n")
-            .await
-            .unwrap();
+        // Each group ends where RFC 2920 says it must (EHLO, DATA).
         let mut all = String::new();
+        for (group, replies) in [
+            (&b"EHLO x\r\n"[..], 2),
+            (b"MAIL FROM:<a@b>\r\nRCPT TO:<c@d>\r\nDATA\r\n", 5),
+            (b"hi\r\n.\r\nQUIT\r\n", 7),
+        ] {
+            w.write_all(group).await.unwrap();
+            while all
+                .lines()
+                .filter(|l| l.as_bytes().get(3) == Some(&b' '))
+                .count()
+                < replies
+            {
+                let mut chunk = [0u8; 1024];
+                let n = r.read(&mut chunk).await.unwrap();
+                assert!(n > 0, "{all}");
+                all.push_str(&String::from_utf8_lossy(&chunk[..n]));
+            }
+        }
         r.read_to_string(&mut all).await.unwrap();
         task.await.unwrap();
         let codes: Vec<&str> = all

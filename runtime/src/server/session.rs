@@ -66,6 +66,9 @@ pub struct SessionConfig {
     pub max_recipients: usize,
     /// Bad commands tolerated before `421` and close.
     pub max_errors: u32,
+    /// Where `RCPT TO:<postmaster>` (no domain, RFC 5321 §4.5.1) goes;
+    /// `None`: `postmaster@` the policy's first registered domain.
+    pub postmaster: Option<String>,
 }
 
 impl Default for SessionConfig {
@@ -75,6 +78,7 @@ impl Default for SessionConfig {
             max_message_size: 25 * 1024 * 1024,
             max_recipients: 100,
             max_errors: 10,
+            postmaster: None,
         }
     }
 }
@@ -185,6 +189,7 @@ impl Session {
                     CommandError::Syntax(_) => Reply::new(501, format!("5.5.4 {e}")),
                     CommandError::UnknownParameter(_) => Reply::new(555, format!("5.5.4 {e}")),
                     CommandError::BareLf => Reply::new(500, format!("5.5.2 {e}")),
+                    CommandError::NonAsciiAddress => Reply::new(553, format!("5.6.7 {e}")),
                 };
                 return self.error(reply);
             }
@@ -280,7 +285,36 @@ impl Session {
         Step::Reply(Reply::new(250, "2.1.0 sender ok"))
     }
 
+    /// `postmaster` without a domain must be accepted (RFC 5321 §4.5.1):
+    /// it becomes the configured postmaster address, or `postmaster@` the
+    /// policy's first registered domain. The result still goes through
+    /// the decision function like any other recipient.
+    fn postmaster(&self) -> Option<String> {
+        if let Some(p) = &self.cfg.postmaster {
+            return Some(p.clone());
+        }
+        match &self.gate {
+            Gate::Policy(handle) => {
+                let active = handle.current();
+                let first = active.compiled.policy().domains.first()?;
+                Some(format!("postmaster@{}", first.name.as_str()))
+            }
+            Gate::AcceptAll => Some(format!("postmaster@{}", self.cfg.hostname)),
+        }
+    }
+
     fn rcpt(&mut self, to: String) -> Step {
+        if self.mail.is_none() {
+            return self.error(Reply::new(503, "5.5.1 need MAIL first"));
+        }
+        let to = if to.contains('@') {
+            to
+        } else {
+            match self.postmaster() {
+                Some(p) => p,
+                None => return self.error(Reply::new(550, "5.1.1 no postmaster here")),
+            }
+        };
         let Some((from, _)) = &self.mail else {
             return self.error(Reply::new(503, "5.5.1 need MAIL first"));
         };

@@ -17,6 +17,8 @@ use core::fmt;
 pub const MAX_COMMAND_LINE: usize = 512;
 /// Longest text line of a message, CRLF included (RFC 5321 §4.5.3.1.6).
 pub const MAX_TEXT_LINE: usize = 1000;
+/// Longest local part of an address (RFC 5321 §4.5.3.1.1).
+pub const MAX_LOCAL_PART: usize = 64;
 /// What is tolerated beyond the RFC limits before refusing: real clients
 /// occasionally exceed them by a little (long EHLO names, long headers).
 pub const LINE_TOLERANCE: usize = 488;
@@ -57,6 +59,9 @@ pub enum CommandError {
     UnknownParameter(String),
     /// The line ends in a bare LF: `500 5.5.2`.
     BareLf,
+    /// An address with non-ASCII characters; SMTPUTF8 is not offered:
+    /// `553 5.6.7`.
+    NonAsciiAddress,
 }
 
 impl fmt::Display for CommandError {
@@ -66,6 +71,9 @@ impl fmt::Display for CommandError {
             CommandError::Syntax(what) => write!(f, "syntax error: {what}"),
             CommandError::UnknownParameter(p) => write!(f, "parameter `{p}` not supported"),
             CommandError::BareLf => f.write_str("command lines must end with CRLF"),
+            CommandError::NonAsciiAddress => {
+                f.write_str("non-ASCII addresses need SMTPUTF8, which is not offered")
+            }
         }
     }
 }
@@ -100,8 +108,10 @@ pub fn parse_command(buf: &[u8]) -> Parsed {
             };
             Parsed::Complete { command, consumed }
         }
+        // Only the window is dropped here: its line's end (and whatever
+        // follows it) may already be buffered beyond it.
         None if buf.len() >= COMMAND_LIMIT => Parsed::TooLong {
-            consumed: buf.len(),
+            consumed: COMMAND_LIMIT,
             line_ended: false,
         },
         None => Parsed::NeedMore,
@@ -118,6 +128,11 @@ pub fn skip_line(buf: &[u8]) -> (usize, bool) {
 }
 
 fn parse_line(line: &[u8]) -> Result<Command, CommandError> {
+    // NUL, other C0 controls (tab aside) and DEL have no place in a
+    // command line; they are how parsers in other hops get confused.
+    if line.iter().any(|&b| (b < 0x20 && b != b'\t') || b == 0x7f) {
+        return Err(CommandError::Syntax("control characters in command"));
+    }
     let Ok(line) = core::str::from_utf8(line) else {
         return Err(CommandError::Syntax("command line is not valid UTF-8"));
     };
@@ -214,12 +229,20 @@ fn path_and_params(s: &str) -> Result<(String, &str), CommandError> {
     {
         return Err(CommandError::Syntax("invalid characters in address"));
     }
+    if !path.is_ascii() {
+        return Err(CommandError::NonAsciiAddress);
+    }
+    // RFC 5321 §4.5.3.1: path 256 octets with its brackets, local part
+    // 64, domain 255.
     if path.len() > 254 {
         return Err(CommandError::Syntax("address too long"));
     }
     if let Some((local, domain)) = path.rsplit_once('@') {
         if local.is_empty() || domain.is_empty() {
             return Err(CommandError::Syntax("address must be local@domain"));
+        }
+        if local.len() > MAX_LOCAL_PART {
+            return Err(CommandError::Syntax("local part too long"));
         }
     }
     Ok((path.to_string(), params.trim_matches(' ')))

@@ -190,6 +190,7 @@ pub async fn run(args: SinkArgs) -> Result<(), String> {
         max_message_size: args.max_message_size,
         max_recipients: 1000,
         max_errors: 20,
+        postmaster: None,
     };
     let limits = ServerLimits {
         max_connections: args.max_connections,
