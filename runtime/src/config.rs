@@ -44,6 +44,18 @@ pub struct Config {
     /// default `postmaster@` the policy's first registered domain.
     #[serde(default)]
     pub postmaster: Option<String>,
+    /// The user to run as after binding the ports, when started as root
+    /// (name or numeric id).
+    #[serde(default)]
+    pub user: Option<String>,
+    /// The group to run as (name or numeric id); default the user's
+    /// primary group.
+    #[serde(default)]
+    pub group: Option<String>,
+    /// Keep running as root when started as root without `user`. Off:
+    /// such a start is refused.
+    #[serde(default)]
+    pub allow_root: bool,
 }
 
 fn default_listen() -> Vec<SocketAddr> {
@@ -159,6 +171,16 @@ impl Config {
         }
         if self.trusted_keys.is_empty() {
             return Err("`trusted_keys` needs at least one key".into());
+        }
+        if let Some(p) = &self.postmaster {
+            if p.rsplit_once('@')
+                .is_none_or(|(l, d)| l.is_empty() || d.is_empty())
+            {
+                return Err(format!("`postmaster` `{p}` is not local@domain"));
+            }
+        }
+        if self.group.is_some() && self.user.is_none() {
+            return Err("`group` needs `user`".into());
         }
         if self.tls.cert.is_some() != self.tls.key.is_some() {
             return Err("`tls.cert` and `tls.key` go together".into());

@@ -13,6 +13,7 @@
 //! - [`delivery`]: the sending side: routes (T16–T18), STARTTLS, certificate
 //!   validation (T13–T15), the TLS connectivity test (T8).
 //! - [`init`]: PID 1 of the appliance image.
+//! - [`privilege`]: binding, then dropping root (`user`, no new privileges).
 //!
 //! Data path: client → `server` → `spool` (durable) → `queue` asks
 //! `policy::CompiledPolicy::decide` per recipient → `delivery` → next hop.
@@ -24,6 +25,7 @@ pub mod identity;
 pub mod init;
 pub mod manage;
 pub mod policy_store;
+pub mod privilege;
 pub mod queue;
 pub mod relay;
 pub mod server;

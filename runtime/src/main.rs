@@ -74,20 +74,35 @@ fn runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.log_format);
+    // `run` binds its ports and drops root before any thread exists, so
+    // every runtime thread inherits the reduced credentials.
+    let mut prepared = None;
+    if let Command::Run { config } = &cli.command {
+        let config = match tlsgate::config::Config::load(config) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!("{e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        match tlsgate::privilege::bind_and_drop(&config) {
+            Ok(listeners) => prepared = Some((config, listeners)),
+            Err(e) => {
+                tracing::error!("{e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    }
     let rt = match runtime() {
         Ok(rt) => rt,
         Err(code) => return code,
     };
     match cli.command {
-        Command::Run { config } => {
-            let config = match tlsgate::config::Config::load(&config) {
-                Ok(c) => c,
-                Err(e) => {
-                    tracing::error!("{e}");
-                    return ExitCode::FAILURE;
-                }
+        Command::Run { .. } => {
+            let Some((config, listeners)) = prepared else {
+                return ExitCode::FAILURE;
             };
-            match rt.block_on(tlsgate::relay::run(config)) {
+            match rt.block_on(tlsgate::relay::run(config, listeners)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     tracing::error!("{e}");

@@ -101,6 +101,31 @@ pub struct Relay {
 impl Relay {
     /// Starts everything; returns once the listeners are bound.
     pub async fn start(config: &Config) -> Result<Relay, RelayError> {
+        let mut listeners = Vec::new();
+        for addr in &config.listen {
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|source| RelayError::Listen {
+                    addr: *addr,
+                    source,
+                })?;
+            listeners.push(listener);
+        }
+        Relay::start_on(config, listeners).await
+    }
+
+    /// Starts everything on listeners bound already, one per
+    /// `config.listen` entry (`tlsgate run` binds them before dropping
+    /// root, see [`crate::privilege`]).
+    pub async fn start_on(
+        config: &Config,
+        listeners: Vec<tokio::net::TcpListener>,
+    ) -> Result<Relay, RelayError> {
+        let listen: Vec<SocketAddr> = listeners
+            .iter()
+            .zip(&config.listen)
+            .map(|(l, a)| l.local_addr().unwrap_or(*a))
+            .collect();
         let tls = crate::identity::load_or_generate(
             config.tls.cert.as_deref(),
             config.tls.key.as_deref(),
@@ -136,7 +161,7 @@ impl Relay {
         let (shutdown, shutdown_rx) = watch::channel(false);
         let mut tasks = JoinSet::new();
 
-        start_delivery(config, &spool, &policy, &shutdown_rx, &mut tasks)?;
+        start_delivery(config, &listen, &spool, &policy, &shutdown_rx, &mut tasks)?;
 
         let server = Server::new(
             config.session_config(),
@@ -145,17 +170,8 @@ impl Relay {
             Arc::new(SpoolSink(spool.clone())),
             Some(tls),
         );
-        let mut listen = Vec::new();
-        for addr in &config.listen {
-            let listener = tokio::net::TcpListener::bind(addr)
-                .await
-                .map_err(|source| RelayError::Listen {
-                    addr: *addr,
-                    source,
-                })?;
-            let local = listener.local_addr().unwrap_or(*addr);
+        for (listener, local) in listeners.into_iter().zip(&listen) {
             tracing::info!(listen = %local, "SMTP listening");
-            listen.push(local);
             let server = server.clone();
             let rx = shutdown_rx.clone();
             tasks.spawn(async move {
@@ -214,6 +230,7 @@ impl Relay {
 /// The deliverer and the queue runner.
 fn start_delivery(
     config: &Config,
+    listen: &[SocketAddr],
     spool: &Spool,
     policy: &PolicyHandle,
     shutdown: &watch::Receiver<bool>,
@@ -231,6 +248,10 @@ fn start_delivery(
         timeouts: Timeouts {
             dns: Duration::from_secs(config.dns.timeout_secs),
             ..Timeouts::default()
+        },
+        myself: crate::delivery::route::Myself {
+            names: vec![config.hostname.trim_end_matches('.').to_ascii_lowercase()],
+            listen: listen.to_vec(),
         },
         ..DeliveryConfig::default()
     };
@@ -273,9 +294,22 @@ pub async fn wait_for_stop_signal() {
     }
 }
 
-/// `tlsgate run`: starts the relay and runs it until SIGTERM/SIGINT.
-pub async fn run(config: Config) -> Result<(), RelayError> {
-    let relay = Relay::start(&config).await?;
+/// `tlsgate run`: starts the relay on listeners bound (and privileges
+/// dropped) by [`crate::privilege::bind_and_drop`] and runs it until
+/// SIGTERM/SIGINT.
+pub async fn run(config: Config, listeners: Vec<std::net::TcpListener>) -> Result<(), RelayError> {
+    let mut bound = Vec::new();
+    for (l, addr) in listeners.into_iter().zip(&config.listen) {
+        let l = l
+            .set_nonblocking(true)
+            .and_then(|()| tokio::net::TcpListener::from_std(l))
+            .map_err(|source| RelayError::Listen {
+                addr: *addr,
+                source,
+            })?;
+        bound.push(l);
+    }
+    let relay = Relay::start_on(&config, bound).await?;
     wait_for_stop_signal().await;
     relay.shutdown().await;
     Ok(())

@@ -101,7 +101,7 @@ async fn t19_binary_refuses_to_start_with_one_clear_line() {
     std::fs::write(
         &cfg_path,
         format!(
-            "hostname = \"gw.test\"\nlisten = [\"127.0.0.1:0\"]\nspool_dir = \"{d}/spool\"\nstate_dir = \"{d}/state\"\npolicy = \"{d}/policy.blob\"\ntrusted_keys = [{keys}]\n",
+            "hostname = \"gw.test\"\nlisten = [\"127.0.0.1:0\"]\nspool_dir = \"{d}/spool\"\nstate_dir = \"{d}/state\"\npolicy = \"{d}/policy.blob\"\ntrusted_keys = [{keys}]\nallow_root = true\n",
             d = dir.path().display()
         ),
     )

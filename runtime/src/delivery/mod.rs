@@ -106,6 +106,9 @@ pub struct DeliveryConfig {
     pub extra_roots_for_tests: Vec<CertificateDer<'static>>,
     /// Connection reuse ([`pool`]).
     pub pool: PoolSettings,
+    /// This relay's names and listening addresses: a next hop that is
+    /// one of them is a mail loop (permanent failure).
+    pub myself: route::Myself,
 }
 
 impl Default for DeliveryConfig {
@@ -119,6 +122,7 @@ impl Default for DeliveryConfig {
             mx_port: 25,
             extra_roots_for_tests: Vec::new(),
             pool: PoolSettings::default(),
+            myself: route::Myself::default(),
         }
     }
 }
@@ -343,7 +347,9 @@ impl Deliverer {
         let mut all_permanent = true;
         for hop in hops.iter().take(cfg.max_hosts.max(1)) {
             let addrs =
-                match route::addresses(&self.inner.resolver, hop, cfg.max_addresses_per_host).await
+                match route::addresses(&self.inner.resolver, hop, cfg.max_addresses_per_host)
+                    .await
+                    .and_then(|a| cfg.myself.check(hop, a, job.recipient_domain))
                 {
                     Ok(a) => a,
                     Err(e) => {

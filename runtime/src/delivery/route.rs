@@ -204,3 +204,57 @@ pub async fn addresses(
         },
     }
 }
+
+/// The relay's own identity, to refuse delivering to itself: its host
+/// name(s) and the addresses its SMTP server listens on.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Myself {
+    /// Host names of this gateway (lower case, no trailing dot).
+    pub names: Vec<String>,
+    /// The SMTP listening addresses; an unspecified address (`0.0.0.0`,
+    /// `::`) stands for every address of this machine on that port.
+    pub listen: Vec<SocketAddr>,
+}
+
+impl Myself {
+    fn is_my_name(&self, name: &str) -> bool {
+        let name = name.trim_end_matches('.');
+        self.names.iter().any(|n| n.eq_ignore_ascii_case(name))
+    }
+
+    fn is_my_address(&self, addr: SocketAddr) -> bool {
+        self.listen.iter().any(|l| {
+            l.port() == addr.port()
+                && (l.ip() == addr.ip() || (l.ip().is_unspecified() && is_local_ip(addr.ip())))
+        })
+    }
+
+    /// Refuses a hop that is this relay (Postfix: "mail for DOMAIN loops
+    /// back to myself"): permanent, as retrying cannot help. Passes the
+    /// addresses through otherwise.
+    pub fn check(
+        &self,
+        hop: &Hop,
+        addrs: Vec<SocketAddr>,
+        domain: &str,
+    ) -> Result<Vec<SocketAddr>, RouteError> {
+        let named_me = hop.name().is_some_and(|n| self.is_my_name(n));
+        if named_me || addrs.iter().any(|a| self.is_my_address(*a)) {
+            tracing::warn!(target: "delivery", domain, next_hop = %hop.label(), "mail loops back to myself");
+            return Err(RouteError {
+                permanent: true,
+                reason: format!(
+                    "5.4.6 mail for {domain} loops back to myself (next hop {})",
+                    hop.label()
+                ),
+            });
+        }
+        Ok(addrs)
+    }
+}
+
+/// Whether `ip` is an address of this machine: loopback, or one a socket
+/// can be bound to.
+fn is_local_ip(ip: IpAddr) -> bool {
+    ip.is_loopback() || ip.is_unspecified() || std::net::UdpSocket::bind((ip, 0)).is_ok()
+}
