@@ -135,6 +135,7 @@ pub fn config(dns: Option<SocketAddr>, roots: &[&CertificateDer<'static>]) -> De
         mx_port: 25,
         extra_roots_for_tests: roots.iter().map(|r| (*r).clone()).collect(),
         pool: Default::default(),
+        myself: Default::default(),
     }
 }
 
