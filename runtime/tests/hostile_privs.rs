@@ -99,14 +99,11 @@ fn root_is_dropped_to_the_configured_user_with_no_new_privs() {
         // Every thread, not just the main one.
         std::fs::read_dir(format!("/proc/{pid}/task"))
             .map(|d| {
-                d.filter_map(|e| e.ok())
-                    .map(|e| {
-                        let s =
-                            std::fs::read_to_string(e.path().join("status")).unwrap_or_default();
-                        s.lines()
-                            .any(|l| l.starts_with("NoNewPrivs:") && l.ends_with('1'))
-                    })
-                    .all(|b| b)
+                d.filter_map(|e| e.ok()).all(|e| {
+                    let s = std::fs::read_to_string(e.path().join("status")).unwrap_or_default();
+                    s.lines()
+                        .any(|l| l.starts_with("NoNewPrivs:") && l.ends_with('1'))
+                })
             })
             .unwrap_or(false),
     );
