@@ -42,7 +42,7 @@ impl Default for PoolSettings {
     fn default() -> Self {
         PoolSettings {
             idle_timeout: Duration::from_secs(10),
-            max_idle_per_destination: 16,
+            max_idle_per_destination: 32,
             max_idle_total: 128,
             max_transactions: 100,
         }
