@@ -108,6 +108,11 @@ pub struct Limits {
     /// Wait before the SMTP greeting, in milliseconds; clients that talk
     /// during it are refused with `554 5.5.0`. Zero: no wait, no check.
     pub greeting_delay_millis: u64,
+    /// Free space on the spool's file system below which new mail gets
+    /// `452 4.3.1` while queued mail keeps draining: the larger of
+    /// `spool_floor_bytes` and `spool_floor_percent` % of the file system.
+    pub spool_floor_bytes: u64,
+    pub spool_floor_percent: u8,
 }
 
 impl Default for Limits {
@@ -123,6 +128,8 @@ impl Default for Limits {
             policy_poll_millis: 1000,
             shutdown_grace_secs: 30,
             greeting_delay_millis: 0,
+            spool_floor_bytes: crate::spool::SpaceFloor::default().bytes,
+            spool_floor_percent: crate::spool::SpaceFloor::default().percent,
         }
     }
 }
@@ -186,6 +193,12 @@ impl Config {
             return Err("`tls.cert` and `tls.key` go together".into());
         }
         let l = &self.limits;
+        if l.spool_floor_percent > 90 {
+            return Err(format!(
+                "`limits.spool_floor_percent` {} would refuse mail on an almost empty disk (at most 90)",
+                l.spool_floor_percent
+            ));
+        }
         if l.max_message_size == 0
             || l.max_recipients == 0
             || l.max_connections == 0

@@ -144,7 +144,14 @@ impl Relay {
                 .await
                 .map_err(|e| RelayError::Delivery(e.to_string()))??
         };
-        let spool = Spool::open(&config.spool_dir)
+        let spool_options = crate::spool::SpoolOptions {
+            floor: crate::spool::SpaceFloor {
+                bytes: config.limits.spool_floor_bytes,
+                percent: config.limits.spool_floor_percent,
+            },
+            ..Default::default()
+        };
+        let spool = Spool::open_with(&config.spool_dir, spool_options)
             .await
             .map_err(|source| RelayError::Spool {
                 path: config.spool_dir.clone(),

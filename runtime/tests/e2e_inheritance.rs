@@ -65,11 +65,13 @@ async fn relay_one(relay: &Relay, next_hop: &peer::Server, rcpt: &str, count: us
     let r = c.send_mail("a@sender.test", &[rcpt], BODY).await.unwrap();
     assert_eq!(r.code, 250, "{r:?}");
     for _ in 0..600 {
-        let seen = next_hop.seen.lock().unwrap();
-        if seen.messages.len() >= count {
-            return seen.message_over_tls[count - 1];
+        let arrived = {
+            let seen = next_hop.seen.lock().unwrap();
+            (seen.messages.len() >= count).then(|| seen.message_over_tls[count - 1])
+        };
+        if let Some(over_tls) = arrived {
+            return over_tls;
         }
-        drop(seen);
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     panic!("the message to {rcpt} never reached the next hop");

@@ -189,7 +189,7 @@ async fn acknowledged_mail_survives_sigkill() {
     std::fs::write(
         &config,
         format!(
-            "hostname = \"gw.test\"\nlisten = [\"{relay_addr}\"]\nspool_dir = \"{d}/spool\"\nstate_dir = \"{d}/state\"\npolicy = \"{d}/policy.blob\"\ntrusted_keys = [\"{k}\"]\n[limits]\nshutdown_grace_secs = 1\n",
+            "hostname = \"gw.test\"\nlisten = [\"{relay_addr}\"]\nspool_dir = \"{d}/spool\"\nstate_dir = \"{d}/state\"\npolicy = \"{d}/policy.blob\"\ntrusted_keys = [\"{k}\"]\nallow_root = true\n[limits]\nshutdown_grace_secs = 1\n",
             d = d.display(),
             k = key.public_key().to_text().trim()
         ),

@@ -167,8 +167,24 @@ async fn small_tmpfs_fills_up() {
     );
 
     // Fill below the floor but above the reserve.
-    let free = nix::sys::statvfs::statvfs(dir.path()).unwrap();
-    let avail = free.blocks_available() * free.fragment_size();
+    // The failed message's temp file is removed when its `Incoming` drops;
+    // wait until its space is back before measuring.
+    let avail_now = || {
+        let free = nix::sys::statvfs::statvfs(dir.path()).unwrap();
+        free.blocks_available() * free.fragment_size()
+    };
+    let mut avail = avail_now();
+    for _ in 0..200 {
+        if avail > 768 * 1024 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        avail = avail_now();
+    }
+    assert!(
+        avail > 768 * 1024,
+        "space of the failed message never came back: {avail}"
+    );
     std::fs::write(
         dir.path().join("filler"),
         vec![0u8; (avail - 512 * 1024) as usize],

@@ -89,7 +89,9 @@ impl From<io::Error> for SpoolError {
 }
 
 /// Free space below which new mail is refused: the larger of `bytes` and
-/// `percent` % of the file system.
+/// `percent` % of the file system. The default is an absolute 64 MiB: a
+/// percentage of a large shared disk can be many gigabytes, and on the
+/// appliance's small data partition 64 MiB is already a generous reserve.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SpaceFloor {
     pub bytes: u64,
@@ -100,7 +102,7 @@ impl Default for SpaceFloor {
     fn default() -> Self {
         SpaceFloor {
             bytes: 64 * 1024 * 1024,
-            percent: 5,
+            percent: 0,
         }
     }
 }
