@@ -9,6 +9,7 @@ use std::net::Ipv4Addr;
 
 use hickory_proto::rr::RecordType;
 use policy::Delivery;
+use tlsgate::delivery::Deliverer;
 use tlsgate::transport::RecipientOutcome;
 use tx_support::dns::{self, Answer};
 use tx_support::pki::{self, Ca, LeafSpec};
@@ -874,4 +875,155 @@ async fn large_body_is_streamed_and_dot_stuffed() {
     .await;
     assert!(all_delivered(&r), "{r:?}");
     assert_eq!(server.messages(), vec![body.into_bytes()]);
+}
+
+/// Two MX hosts for `remote.test` on 127.0.0.<first> (preferred) and
+/// 127.0.0.<first+1>, behaving as given.
+async fn two_mx(
+    first: u8,
+    b1: Behaviour,
+    b2: Behaviour,
+) -> (smtp::Server, smtp::Server, Deliverer) {
+    let (port, mut ls) = bind_group(first, 2).await;
+    let l2 = ls.pop().unwrap();
+    let l1 = ls.pop().unwrap();
+    let mx1 = smtp::serve(l1, b1);
+    let mx2 = smtp::serve(l2, b2);
+    let (dns_addr, zone) = dns::start().await;
+    zone.mx(
+        "remote.test",
+        &[(10, "mx1.remote.test."), (20, "mx2.remote.test.")],
+    )
+    .a("mx1.remote.test", Ipv4Addr::new(127, 0, 0, first))
+    .a("mx2.remote.test", Ipv4Addr::new(127, 0, 0, first + 1));
+    (mx1, mx2, deliverer(mx_config(dns_addr, port)))
+}
+
+#[tokio::test]
+async fn t18_temporary_reply_to_mail_falls_through_to_the_next_mx() {
+    // rule T18: a 4xx at MAIL from the preferred MX; the next MX takes the
+    // message in the same attempt.
+    let (mx1, mx2, d) = two_mx(
+        31,
+        Behaviour {
+            mail_reply: Some("451 4.3.0 queue full, try later"),
+            ..Behaviour::default()
+        },
+        Behaviour::default(),
+    )
+    .await;
+    let r = deliver(&d, &policy(vec![], vec![]), &["carol@remote.test"], false).await;
+    assert!(all_delivered(&r), "{r:?}");
+    assert!(mx1.seen_command("MAIL FROM"), "mx1 was asked first");
+    assert!(mx1.messages().is_empty());
+    assert_eq!(mx2.messages().len(), 1);
+    assert!(
+        r.next_hop
+            .as_deref()
+            .unwrap_or("")
+            .starts_with("mx2.remote.test"),
+        "{r:?}"
+    );
+}
+
+#[tokio::test]
+async fn t18_permanent_reply_to_mail_is_final() {
+    // rule T18: a 5xx at MAIL is the domain's answer; no other MX is asked.
+    let (mx1, mx2, d) = two_mx(
+        33,
+        Behaviour {
+            mail_reply: Some("550 5.7.1 sender refused"),
+            ..Behaviour::default()
+        },
+        Behaviour::default(),
+    )
+    .await;
+    let r = deliver(&d, &policy(vec![], vec![]), &["carol@remote.test"], false).await;
+    let reason = permanent(&r).unwrap_or_else(|| panic!("{r:?}"));
+    assert!(reason.contains("550"), "{reason}");
+    assert_eq!(mx1.connections(), 1);
+    assert_eq!(mx2.connections(), 0);
+}
+
+#[tokio::test]
+async fn t18_recipient_deferred_by_one_mx_is_delivered_by_the_next() {
+    // rule T18: one recipient 4xx'd at RCPT by the preferred MX, the other
+    // accepted there; the deferred one goes to the next MX, alone.
+    let (mx1, mx2, d) = two_mx(
+        35,
+        Behaviour {
+            rcpt_replies: vec![("dave@", "450 4.2.1 mailbox busy")],
+            ..Behaviour::default()
+        },
+        Behaviour::default(),
+    )
+    .await;
+    let r = deliver(
+        &d,
+        &policy(vec![], vec![]),
+        &["carol@remote.test", "dave@remote.test"],
+        false,
+    )
+    .await;
+    assert!(all_delivered(&r), "{r:?}");
+    assert_eq!(r.outcomes.len(), 2);
+    assert_eq!(r.outcomes[0].0, "carol@remote.test");
+    assert_eq!(r.outcomes[1].0, "dave@remote.test");
+    assert_eq!(mx1.messages().len(), 1);
+    assert_eq!(mx2.messages().len(), 1);
+    let rcpts = |s: &smtp::Server| -> Vec<String> {
+        s.seen
+            .lock()
+            .unwrap()
+            .lines
+            .iter()
+            .filter(|l| l.to_ascii_uppercase().starts_with("RCPT TO"))
+            .cloned()
+            .collect()
+    };
+    assert_eq!(rcpts(&mx2), vec!["RCPT TO:<dave@remote.test>".to_string()]);
+}
+
+#[tokio::test]
+async fn t18_deferred_everywhere_keeps_the_server_reason() {
+    // rule T18: both MX hosts answer 4xx at MAIL; the recipient stays
+    // temporary with a server's own reply as the reason.
+    let busy = Behaviour {
+        mail_reply: Some("452 4.3.1 insufficient system storage"),
+        ..Behaviour::default()
+    };
+    let (mx1, mx2, d) = two_mx(37, busy.clone(), busy).await;
+    let r = deliver(&d, &policy(vec![], vec![]), &["carol@remote.test"], false).await;
+    let reason = temporary(&r).unwrap_or_else(|| panic!("{r:?}"));
+    assert!(reason.contains("452"), "{reason}");
+    assert_eq!(mx1.connections(), 1);
+    assert_eq!(mx2.connections(), 1);
+}
+
+#[tokio::test]
+async fn t17_static_route_by_ip_needs_no_dns() {
+    // rule T17: no usable DNS configuration (a resolv.conf without name
+    // servers): the deliverer still starts, a static route by IP delivers,
+    // and a route that needs DNS is deferred with the reason.
+    let dir = tempfile::tempdir().unwrap();
+    let resolv = dir.path().join("resolv.conf");
+    std::fs::write(&resolv, "# no name servers\n").unwrap();
+    let mut c = config(None, &[]);
+    c.resolver = tlsgate::delivery::ResolverSettings::ResolvConf(resolv);
+    let d = deliverer(c);
+    let next = smtp::start("127.0.0.1:0", Behaviour::default()).await;
+    let p = policy(
+        vec![domain(
+            "example.test",
+            None,
+            Delivery::Static(target("127.0.0.1", next.addr.port())),
+        )],
+        vec![],
+    );
+    let r = deliver(&d, &p, &["bob@example.test"], false).await;
+    assert!(all_delivered(&r), "{r:?}");
+    assert_eq!(next.messages().len(), 1);
+    let r = deliver(&d, &p, &["carol@remote.test"], false).await;
+    let reason = temporary(&r).unwrap_or_else(|| panic!("{r:?}"));
+    assert!(reason.contains("no DNS resolver"), "{reason}");
 }

@@ -189,7 +189,7 @@ pub async fn check_domain(
     };
     report.validation = describe_validation(validation);
     let cfg: &DeliveryConfig = deliverer.config();
-    let hops = match route::hops(deliverer.resolver(), &plan.route, &domain, cfg.mx_port).await {
+    let hops = match route::hops(deliverer.dns(), &plan.route, &domain, cfg.mx_port).await {
         Ok(h) => h,
         Err(e) => {
             report.error = Some(e.reason);
@@ -198,27 +198,26 @@ pub async fn check_domain(
     };
     let roots = deliverer.roots_for(&policy.policy().trust_anchors);
     for hop in hops.iter().take(cfg.max_hosts.max(1)) {
-        let addrs =
-            match route::addresses(deliverer.resolver(), hop, cfg.max_addresses_per_host).await {
-                Ok(a) => a,
-                Err(e) => {
-                    report.hosts.push(HostReport {
-                        next_hop: hop.label(),
-                        steps: vec![Step {
-                            step: "resolve",
-                            ok: false,
-                            detail: e.reason.clone(),
-                        }],
-                        tls_protocol: None,
-                        tls_cipher: None,
-                        chain: Vec::new(),
-                        certificate: None,
-                        pass: false,
-                        reason: Some(e.reason),
-                    });
-                    continue;
-                }
-            };
+        let addrs = match route::addresses(deliverer.dns(), hop, cfg.max_addresses_per_host).await {
+            Ok(a) => a,
+            Err(e) => {
+                report.hosts.push(HostReport {
+                    next_hop: hop.label(),
+                    steps: vec![Step {
+                        step: "resolve",
+                        ok: false,
+                        detail: e.reason.clone(),
+                    }],
+                    tls_protocol: None,
+                    tls_cipher: None,
+                    chain: Vec::new(),
+                    certificate: None,
+                    pass: false,
+                    reason: Some(e.reason),
+                });
+                continue;
+            }
+        };
         for addr in addrs {
             let check = cert_check(Some(validation), hop);
             let mode = TlsMode::Required(check.clone());

@@ -32,6 +32,7 @@ pub mod tls;
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::path::Path;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -46,7 +47,7 @@ use rustls::RootCertStore;
 use crate::transport::{DeliveryJob, DeliveryReport, RecipientOutcome, Transport};
 pub use pool::PoolSettings;
 use pool::{Pool, PoolKey, Pooled};
-use route::{Hop, RouteError};
+use route::{Dns, Hop, RouteError};
 use session::{AttemptError, Done, FailureKind, TlsMode};
 use tls::CertCheck;
 
@@ -56,6 +57,8 @@ pub enum ResolverSettings {
     /// `/etc/resolv.conf`.
     #[default]
     System,
+    /// A resolv.conf at another path.
+    ResolvConf(std::path::PathBuf),
     /// These servers (UDP, then TCP), e.g. a test server on loopback.
     NameServers(Vec<SocketAddr>),
 }
@@ -130,7 +133,7 @@ impl Default for DeliveryConfig {
 /// Why a [`Deliverer`] could not be built.
 #[derive(Debug, thiserror::Error)]
 pub enum DeliveryError {
-    #[error("cannot read the system DNS configuration: {0}")]
+    #[error("cannot read the DNS configuration {0}")]
     SystemResolver(String),
     #[error("cannot set up the DNS resolver: {0}")]
     Resolver(String),
@@ -147,7 +150,7 @@ pub struct Deliverer {
 
 struct Inner {
     config: DeliveryConfig,
-    resolver: TokioResolver,
+    dns: Dns,
     /// webpki-roots plus the configured extra roots.
     base_roots: RootCertStore,
     /// The roots of the latest policy: (serial, anchors fingerprint, roots).
@@ -163,14 +166,28 @@ impl std::fmt::Debug for Deliverer {
     }
 }
 
+/// A resolver builder for the name servers of a resolv.conf file.
+fn from_resolv_conf(
+    path: &Path,
+) -> Result<hickory_resolver::ResolverBuilder<TokioRuntimeProvider>, DeliveryError> {
+    let data = std::fs::read(path)
+        .map_err(|e| DeliveryError::SystemResolver(format!("`{}`: {e}", path.display())))?;
+    let (config, _) = hickory_resolver::system_conf::parse_resolv_conf(data)
+        .map_err(|e| DeliveryError::SystemResolver(format!("`{}`: {e}", path.display())))?;
+    Ok(TokioResolver::builder_with_config(
+        config,
+        TokioRuntimeProvider::default(),
+    ))
+}
+
 /// Builds the resolver the settings describe.
 pub fn build_resolver(
     settings: &ResolverSettings,
     dns_timeout: Duration,
 ) -> Result<TokioResolver, DeliveryError> {
     let mut builder = match settings {
-        ResolverSettings::System => TokioResolver::builder_tokio()
-            .map_err(|e| DeliveryError::SystemResolver(e.to_string()))?,
+        ResolverSettings::System => from_resolv_conf(Path::new("/etc/resolv.conf"))?,
+        ResolverSettings::ResolvConf(path) => from_resolv_conf(path)?,
         ResolverSettings::NameServers(servers) => {
             let mut ns = Vec::new();
             for s in servers {
@@ -196,8 +213,19 @@ pub fn build_resolver(
 }
 
 impl Deliverer {
+    /// A deliverer with the configured resolver. When the system's DNS
+    /// configuration cannot be read (an appliance without a name server,
+    /// a container without `/etc/resolv.conf`) it still starts: static
+    /// and IP routes work, lookups fail temporarily with the reason.
     pub fn new(config: DeliveryConfig) -> Result<Deliverer, DeliveryError> {
-        let resolver = build_resolver(&config.resolver, config.timeouts.dns)?;
+        let dns = match build_resolver(&config.resolver, config.timeouts.dns) {
+            Ok(r) => Dns::Resolver(Box::new(r)),
+            Err(DeliveryError::SystemResolver(why)) => {
+                tracing::warn!(target: "delivery", error = %why, "no DNS resolver: only static routes and routes by IP address can be delivered");
+                Dns::Unavailable(why)
+            }
+            Err(e) => return Err(e),
+        };
         let mut base_roots = RootCertStore {
             roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
         };
@@ -213,7 +241,7 @@ impl Deliverer {
         Ok(Deliverer {
             inner: Arc::new(Inner {
                 config,
-                resolver,
+                dns,
                 base_roots,
                 roots_cache: Mutex::new(None),
                 pool,
@@ -225,8 +253,9 @@ impl Deliverer {
         &self.inner.config
     }
 
-    pub fn resolver(&self) -> &TokioResolver {
-        &self.inner.resolver
+    /// DNS for routing.
+    pub fn dns(&self) -> &Dns {
+        &self.inner.dns
     }
 
     /// The roots for one job: the base roots plus the policy's trust
@@ -329,7 +358,7 @@ impl Deliverer {
         let cfg = &self.inner.config;
         let mut report = DeliveryReport::default();
         let hops = match route::hops(
-            &self.inner.resolver,
+            &self.inner.dns,
             &job.plan.route,
             job.recipient_domain,
             cfg.mx_port,
@@ -343,27 +372,41 @@ impl Deliverer {
             }
         };
         let anchors_fp = pool::anchors_fingerprint(job.trust_anchors);
+        // What each recipient of the job became: set for good by a
+        // delivery or a permanent reply; a temporary reply is kept (and
+        // the recipient tried again on the next host) until another host
+        // gives a better answer.
+        let mut outcomes: Vec<Option<RecipientOutcome>> = vec![None; job.recipients.len()];
+        // The recipients still to try, with their index in the job.
+        let mut pending: Vec<(usize, String)> =
+            job.recipients.iter().cloned().enumerate().collect();
         let mut last: Option<(String, bool)> = None;
         let mut all_permanent = true;
-        for hop in hops.iter().take(cfg.max_hosts.max(1)) {
-            let addrs =
-                match route::addresses(&self.inner.resolver, hop, cfg.max_addresses_per_host)
-                    .await
-                    .and_then(|a| cfg.myself.check(hop, a, job.recipient_domain))
-                {
-                    Ok(a) => a,
-                    Err(e) => {
-                        all_permanent &= e.permanent;
-                        last = Some((e.reason, e.permanent));
-                        continue;
-                    }
-                };
+        'hops: for hop in hops.iter().take(cfg.max_hosts.max(1)) {
+            let addrs = match route::addresses(&self.inner.dns, hop, cfg.max_addresses_per_host)
+                .await
+                .and_then(|a| cfg.myself.check(hop, a, job.recipient_domain))
+            {
+                Ok(a) => a,
+                Err(e) => {
+                    all_permanent &= e.permanent;
+                    last = Some((e.reason, e.permanent));
+                    continue;
+                }
+            };
             all_permanent = false;
             for addr in addrs {
-                let mode = tls_mode(job, hop);
+                let recipients: Vec<String> = pending.iter().map(|(_, r)| r.clone()).collect();
+                let sub = DeliveryJob {
+                    recipients: &recipients,
+                    ..*job
+                };
+                let mode = tls_mode(&sub, hop);
                 let label = format!("{} [{}]", hop.label(), addr.ip());
                 report.next_hop = Some(label.clone());
-                let result = self.attempt_pooled(job, hop, addr, &mode, anchors_fp).await;
+                let result = self
+                    .attempt_pooled(&sub, hop, addr, &mode, anchors_fp)
+                    .await;
                 let result = match result {
                     Err(AttemptError {
                         kind: FailureKind::Tls,
@@ -373,18 +416,32 @@ impl Deliverer {
                         // Opportunistic TLS failed: once more on a new
                         // connection, in clear (docs/delivery.md).
                         tracing::info!(target: "delivery", message_id = job.message_id, next_hop = %label, %reason, "opportunistic TLS failed; retrying in clear");
-                        self.attempt_pooled(job, hop, addr, &TlsMode::Never, anchors_fp)
+                        self.attempt_pooled(&sub, hop, addr, &TlsMode::Never, anchors_fp)
                             .await
                     }
                     other => other,
                 };
                 match result {
                     Ok(done) => {
-                        report.outcomes = done.outcomes;
                         report.tls_protocol = done.tls.as_ref().map(|t| t.protocol.clone());
                         report.tls_cipher = done.tls.as_ref().map(|t| t.cipher.clone());
                         report.certificate = done.tls.map(|t| t.verdict);
-                        return report;
+                        let mut still = Vec::new();
+                        for ((index, rcpt), (_, outcome)) in pending.into_iter().zip(done.outcomes)
+                        {
+                            if matches!(outcome, RecipientOutcome::Temporary { .. }) {
+                                still.push((index, rcpt));
+                            }
+                            outcomes[index] = Some(outcome);
+                        }
+                        pending = still;
+                        if pending.is_empty() {
+                            break 'hops;
+                        }
+                        // A temporary reply (4xx at MAIL, RCPT or DATA):
+                        // the next host may take these recipients now
+                        // (RFC 5321 §5.1: try the other MX hosts).
+                        tracing::info!(target: "delivery", message_id = job.message_id, next_hop = %label, recipients = pending.len(), "temporary failure; trying the next host for the remaining recipients");
                     }
                     Err(e) => {
                         if e.certificate.is_some() {
@@ -395,7 +452,7 @@ impl Deliverer {
                 }
             }
         }
-        let outcome = match last {
+        let fallback = match last {
             Some((reason, permanent)) if permanent && all_permanent => {
                 RecipientOutcome::Permanent { reason }
             }
@@ -404,7 +461,12 @@ impl Deliverer {
                 reason: format!("4.4.4 no next hop for {}", job.recipient_domain),
             },
         };
-        report.outcomes = all(job, outcome);
+        report.outcomes = job
+            .recipients
+            .iter()
+            .zip(outcomes)
+            .map(|(r, o)| (r.clone(), o.unwrap_or_else(|| fallback.clone())))
+            .collect();
         report
     }
 }

@@ -73,9 +73,42 @@ pub struct RouteError {
     pub reason: String,
 }
 
+/// DNS for routing: a resolver, or why there is none. Without one the
+/// relay still delivers over static routes and inbound routes given by IP
+/// address; anything that needs a lookup fails temporarily with the
+/// reason.
+#[derive(Clone)]
+pub enum Dns {
+    Resolver(Box<TokioResolver>),
+    Unavailable(String),
+}
+
+impl std::fmt::Debug for Dns {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Dns::Resolver(_) => f.write_str("Dns::Resolver"),
+            Dns::Unavailable(why) => write!(f, "Dns::Unavailable({why:?})"),
+        }
+    }
+}
+
+impl Dns {
+    /// The resolver, or a temporary routing error saying what lookup of
+    /// `name` could not be made.
+    fn resolver(&self, what: &str, name: &str) -> Result<&TokioResolver, RouteError> {
+        match self {
+            Dns::Resolver(r) => Ok(r),
+            Dns::Unavailable(why) => Err(RouteError {
+                permanent: false,
+                reason: format!("4.4.3 cannot look up {what} of {name}: no DNS resolver ({why})"),
+            }),
+        }
+    }
+}
+
 /// The hops for a plan's route, in the order to try them.
 pub async fn hops(
-    resolver: &TokioResolver,
+    dns: &Dns,
     route: &RoutePlan<'_>,
     domain: &str,
     mx_port: u16,
@@ -83,7 +116,7 @@ pub async fn hops(
     match route {
         RoutePlan::Static(t) => Ok(vec![Hop::from_target(t)]),
         RoutePlan::InboundRoutes(routes) => Ok(inbound_hops(routes)),
-        RoutePlan::Mx => mx_hops(resolver, domain, mx_port).await,
+        RoutePlan::Mx => mx_hops(dns.resolver("MX", domain)?, domain, mx_port).await,
     }
 }
 
@@ -170,14 +203,10 @@ fn implicit(domain: &str, port: u16) -> Hop {
 
 /// The socket addresses of a hop; an error says why there are none and
 /// whether that is permanent.
-pub async fn addresses(
-    resolver: &TokioResolver,
-    hop: &Hop,
-    max: usize,
-) -> Result<Vec<SocketAddr>, RouteError> {
+pub async fn addresses(dns: &Dns, hop: &Hop, max: usize) -> Result<Vec<SocketAddr>, RouteError> {
     match &hop.host {
         HopHost::Ip(ip) => Ok(vec![SocketAddr::new(*ip, hop.port)]),
-        HopHost::Name(name) => match resolver.lookup_ip(fqdn(name)).await {
+        HopHost::Name(name) => match dns.resolver("addresses", name)?.lookup_ip(fqdn(name)).await {
             Ok(l) => {
                 let v: Vec<SocketAddr> = l
                     .iter()

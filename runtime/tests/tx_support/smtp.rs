@@ -33,6 +33,8 @@ pub struct Behaviour {
     pub drip: bool,
     /// Never answer the end of data.
     pub hang_after_data: bool,
+    /// The reply to MAIL (default `250`).
+    pub mail_reply: Option<&'static str>,
     /// Per-recipient RCPT replies (default `250`).
     pub rcpt_replies: Vec<(&'static str, &'static str)>,
     /// Banner line (default `220 mx.test ESMTP`).
@@ -220,7 +222,8 @@ async fn session(
             buf.clear();
             tls = true;
         } else if up.starts_with("MAIL FROM") {
-            say(&mut s, b, "250 2.1.0 ok\r\n").await?;
+            let reply = b.mail_reply.unwrap_or("250 2.1.0 ok");
+            say(&mut s, b, &format!("{reply}\r\n")).await?;
         } else if up.starts_with("RCPT TO") {
             let reply = b
                 .rcpt_replies
