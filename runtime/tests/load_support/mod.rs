@@ -43,7 +43,7 @@ pub fn routed_policy(dir: &Path, serial: u64, port: u16, extra: &[&str]) -> poli
 /// Raises this process's soft `RLIMIT_NOFILE` to the hard limit (the
 /// child relay inherits it). Returns the new soft limit.
 #[allow(unsafe_code)]
-pub fn raise_nofile() -> u64 {
+pub fn raise_nofile() -> libc::rlim_t {
     let mut lim = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
@@ -60,7 +60,7 @@ pub fn raise_nofile() -> u64 {
             libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim);
         }
     }
-    lim.rlim_cur as u64
+    lim.rlim_cur
 }
 
 /// What the relay logged (JSON lines on stderr).
