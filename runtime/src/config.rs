@@ -56,6 +56,16 @@ pub struct Config {
     /// such a start is refused.
     #[serde(default)]
     pub allow_root: bool,
+    /// `tlsgate run` confines itself to a system-call allow-list after
+    /// startup (Linux on x86_64 and aarch64; see `crate::sandbox`). Off
+    /// only weakens the process's own hardening, for debugging; it never
+    /// changes what the policy enforces.
+    #[serde(default = "default_seccomp")]
+    pub seccomp: bool,
+}
+
+fn default_seccomp() -> bool {
+    true
 }
 
 fn default_listen() -> Vec<SocketAddr> {
@@ -266,5 +276,6 @@ mod tests {
         assert_eq!(c.listen, default_listen());
         assert_eq!(c.limits, Limits::default());
         assert!(c.dns.name_servers.is_empty());
+        assert!(c.seccomp, "seccomp is on by default");
     }
 }

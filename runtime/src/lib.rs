@@ -14,6 +14,7 @@
 //!   validation (T13–T15), the TLS connectivity test (T8).
 //! - [`init`]: PID 1 of the appliance image.
 //! - [`privilege`]: binding, then dropping root (`user`, no new privileges).
+//! - [`sandbox`]: the system-call allow-list (seccomp) of `tlsgate run`.
 //!
 //! Data path: client → `server` → `spool` (durable) → `queue` asks
 //! `policy::CompiledPolicy::decide` per recipient → `delivery` → next hop.
@@ -28,6 +29,7 @@ pub mod policy_store;
 pub mod privilege;
 pub mod queue;
 pub mod relay;
+pub mod sandbox;
 pub mod server;
 pub mod smtp;
 pub mod spool;

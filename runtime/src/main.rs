@@ -71,11 +71,43 @@ fn runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
         })
 }
 
+/// Installs the system-call allow-list (`seccomp`, on by default) after
+/// the privilege drop and before the runtime starts its threads, so every
+/// thread of the relay runs under it (it is installed with TSYNC as well).
+/// Unsupported platforms run without it, with a warning; a kernel that
+/// refuses it stops the start (set `seccomp = false` to run anyway).
+fn confine(config: &tlsgate::config::Config) -> Result<(), ExitCode> {
+    use tlsgate::sandbox::{install_relay_filter, SandboxError};
+    if !config.seccomp {
+        tracing::warn!("`seccomp = false`: running without the system-call allow-list");
+        return Ok(());
+    }
+    match install_relay_filter() {
+        Ok(allowed) => {
+            tracing::info!(
+                allowed,
+                default = "EPERM",
+                "seccomp filter in force (all threads)"
+            );
+            Ok(())
+        }
+        Err(e @ SandboxError::Unsupported(_)) => {
+            tracing::warn!("{e}; running without the system-call allow-list");
+            Ok(())
+        }
+        Err(e) => {
+            tracing::error!("{e}");
+            Err(ExitCode::FAILURE)
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.log_format);
-    // `run` binds its ports and drops root before any thread exists, so
-    // every runtime thread inherits the reduced credentials.
+    // `run` binds its ports, drops root and installs its seccomp filter
+    // before any thread exists, so every runtime thread inherits the
+    // reduced credentials and the filter.
     let mut prepared = None;
     if let Command::Run { config } = &cli.command {
         let config = match tlsgate::config::Config::load(config) {
@@ -90,6 +122,11 @@ fn main() -> ExitCode {
             Err(e) => {
                 tracing::error!("{e}");
                 return ExitCode::FAILURE;
+            }
+        }
+        if let Some((config, _)) = &prepared {
+            if let Err(code) = confine(config) {
+                return code;
             }
         }
     }
