@@ -392,6 +392,21 @@ golden!(
     Some("\"../../../examples/certs/private-ca.pem\"")
 );
 
+golden!(
+    anchor_not_ca,
+    format!("{S}trust anchor \"server_cert.pem\"\n"),
+    "tlspol::anchor-not-ca",
+    Warning,
+    Some("\"server_cert.pem\"")
+);
+golden!(
+    anchor_expired,
+    format!("{S}trust anchor \"expired_ca.pem\"\n"),
+    "tlspol::anchor-expired",
+    Warning,
+    Some("\"expired_ca.pem\"")
+);
+
 #[test]
 fn unreadable_top_level_file_is_one_diagnostic_without_span() {
     let f =

@@ -10,6 +10,53 @@ use crate::check::{values::limit, Sink};
 use crate::diagnostic::Diagnostic;
 use crate::source::{SourceFile, Span};
 
+/// Warns about an anchor that will not do what its author most likely
+/// wants: a certificate that is not a CA (it validates only itself, so the
+/// next renewal of that server breaks delivery) or one outside its
+/// validity dates (every chain to it fails strong validation).
+fn warn_unusual(
+    sink: &mut Sink,
+    file: &Arc<SourceFile>,
+    span: Span,
+    which: &str,
+    cert: &x509_parser::certificate::X509Certificate<'_>,
+) {
+    let is_ca = matches!(cert.basic_constraints(), Ok(Some(bc)) if bc.value.ca);
+    if !is_ca {
+        sink.warn(
+            Diagnostic::warning(
+                "tlspol::anchor-not-ca",
+                format!("{which} is not a CA certificate"),
+            )
+            .at(file, span, "no `CA:TRUE` basic constraint")
+            .with_help("a trust anchor should be the private CA that issues the servers' certificates; a server certificate here is trusted only for itself, and its renewal breaks strong validation"),
+        );
+    }
+    let validity = cert.validity();
+    let now = x509_parser::time::ASN1Time::now();
+    if validity.not_after < now {
+        sink.warn(
+            Diagnostic::warning(
+                "tlspol::anchor-expired",
+                format!("{which} expired on {}", validity.not_after),
+            )
+            .at(file, span, "expired certificate")
+            .with_help("certificates that chain only to an expired anchor fail strong validation; replace it with the CA's current certificate"),
+        );
+    } else if validity.not_before > now {
+        sink.warn(
+            Diagnostic::warning(
+                "tlspol::anchor-expired",
+                format!("{which} is not valid before {}", validity.not_before),
+            )
+            .at(file, span, "certificate not yet valid")
+            .with_help(
+                "chains to an anchor that is not yet valid fail strong validation until that date",
+            ),
+        );
+    }
+}
+
 /// Reads every certificate of the PEM file `written` (relative to `file`)
 /// and returns them as anchors labelled with the path as written.
 pub(crate) fn read(
@@ -72,13 +119,19 @@ pub(crate) fn read(
     let mut out = Vec::new();
     let count = ders.len();
     for (i, der) in ders.iter().enumerate() {
-        if x509_parser::parse_x509_certificate(der).is_err() {
+        let Ok((_, cert)) = x509_parser::parse_x509_certificate(der) else {
             sink.error(not_cert(format!(
                 "certificate {} is not valid X.509",
                 i + 1
             )));
             continue;
-        }
+        };
+        let which = if count == 1 {
+            format!("`{written}`")
+        } else {
+            format!("certificate {} of `{written}`", i + 1)
+        };
+        warn_unusual(sink, file, span, &which, &cert);
         if der.len() > MAX_ANCHOR_DER {
             sink.error(limit(
                 file,
