@@ -22,6 +22,7 @@ async fn loadgen_drives_a_starttls_sink() {
         from: "load@gen.test".into(),
         to: "sink@example.com".into(),
         ehlo: "loadgen.test".into(),
+        soak: Default::default(),
     };
     let report = run(args).await.unwrap();
     assert_eq!((report.sent, report.failed), (15, 0), "{report}");
