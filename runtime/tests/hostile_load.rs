@@ -11,7 +11,6 @@ mod load_support;
 mod rx_support;
 mod tx_support;
 
-use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use load_support::*;
@@ -27,27 +26,6 @@ fn limits() -> String {
     format!(
         "idle_timeout_secs = {IDLE_SECS}\nsession_timeout_secs = {SESSION_SECS}\nmax_connections = 2000\nmax_connections_per_ip = 2000\n"
     )
-}
-
-/// Waits (hang guard only) until the next hop has every id in `ids`.
-async fn wait_delivered(hop: &peer::Server, ids: &[String]) -> BTreeMap<String, usize> {
-    let mut seen = BTreeMap::new();
-    for _ in 0..2400 {
-        seen.clear();
-        for id in message_ids(&hop.messages()) {
-            *seen.entry(id).or_insert(0) += 1;
-        }
-        if ids.iter().all(|id| seen.contains_key(id)) {
-            return seen;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let missing: Vec<&String> = ids.iter().filter(|id| !seen.contains_key(*id)).collect();
-    panic!(
-        "{} acknowledged messages never reached the next hop: {:?}",
-        missing.len(),
-        &missing[..missing.len().min(10)]
-    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

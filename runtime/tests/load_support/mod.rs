@@ -232,22 +232,7 @@ impl ChildRelay {
 
     /// `VmRSS` / `VmHWM` in KiB and the number of open descriptors.
     pub fn memory(&self) -> Memory {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid)).unwrap();
-        let kib = |key: &str| -> u64 {
-            status
-                .lines()
-                .find(|l| l.starts_with(key))
-                .and_then(|l| l[key.len()..].split_whitespace().next())
-                .and_then(|n| n.parse().ok())
-                .unwrap_or(0)
-        };
-        Memory {
-            rss_kib: kib("VmRSS:"),
-            hwm_kib: kib("VmHWM:"),
-            fds: std::fs::read_dir(format!("/proc/{}/fd", self.pid))
-                .map(|d| d.count())
-                .unwrap_or(0),
-        }
+        memory_of(self.pid)
     }
 
     /// SIGTERM, then waits (SIGKILL after `limit`); true if it exited
@@ -282,6 +267,8 @@ pub struct Memory {
     pub rss_kib: u64,
     pub hwm_kib: u64,
     pub fds: usize,
+    /// Descriptors that are sockets (connections, listeners).
+    pub sockets: usize,
 }
 
 /// The `Message-ID` header values of the messages a next hop received.
@@ -298,4 +285,64 @@ pub fn message_ids(messages: &[Vec<u8>]) -> Vec<String> {
             })
         })
         .collect()
+}
+
+/// `VmRSS` / `VmHWM` in KiB and the number of open descriptors of `pid`.
+pub fn memory_of(pid: u32) -> Memory {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let kib = |key: &str| -> u64 {
+        status
+            .lines()
+            .find(|l| l.starts_with(key))
+            .and_then(|l| l[key.len()..].split_whitespace().next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0)
+    };
+    let (mut fds, mut sockets) = (0, 0);
+    if let Ok(d) = std::fs::read_dir(format!("/proc/{pid}/fd")) {
+        for e in d.flatten() {
+            fds += 1;
+            if std::fs::read_link(e.path())
+                .is_ok_and(|t| t.to_string_lossy().starts_with("socket:"))
+            {
+                sockets += 1;
+            }
+        }
+    }
+    Memory {
+        rss_kib: kib("VmRSS:"),
+        hwm_kib: kib("VmHWM:"),
+        fds,
+        sockets,
+    }
+}
+
+/// Waits (hang guard only: 120 s) until the next hop has every id in
+/// `ids`; returns how often each id arrived.
+pub async fn wait_delivered(
+    hop: &crate::tx_support::smtp::Server,
+    ids: &[String],
+) -> std::collections::BTreeMap<String, usize> {
+    let mut seen = std::collections::BTreeMap::new();
+    let mut scanned = 0;
+    for _ in 0..2400 {
+        let fresh: Vec<Vec<u8>> = {
+            let s = hop.seen.lock().unwrap();
+            s.messages[scanned..].to_vec()
+        };
+        scanned += fresh.len();
+        for id in message_ids(&fresh) {
+            *seen.entry(id).or_insert(0) += 1;
+        }
+        if ids.iter().all(|id| seen.contains_key(id)) {
+            return seen;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let missing: Vec<&String> = ids.iter().filter(|id| !seen.contains_key(*id)).collect();
+    panic!(
+        "{} acknowledged messages never reached the next hop: {:?}",
+        missing.len(),
+        &missing[..missing.len().min(10)]
+    );
 }
