@@ -12,6 +12,7 @@ use policy::Delivery;
 use tlsgate::delivery::Deliverer;
 use tlsgate::transport::RecipientOutcome;
 use tx_support::dns::{self, Answer};
+use tx_support::mitm;
 use tx_support::pki::{self, Ca, LeafSpec};
 use tx_support::smtp::{self, Behaviour};
 use tx_support::*;
@@ -136,6 +137,78 @@ fn assert_deferred_without_leak(
         "no byte of the message may reach the server"
     );
     assert!(server.messages().is_empty());
+}
+
+/// Required TLS with strong validation to `mx1.example.test`, a real next
+/// hop offering STARTTLS with a good certificate, and a man in the middle
+/// between relay and next hop. Returns the report, the next hop and the
+/// proxy.
+async fn through_mitm(
+    attack: mitm::Attack,
+) -> (tlsgate::transport::DeliveryReport, smtp::Server, mitm::Mitm) {
+    let ca = Ca::root("mitm test root");
+    let next_hop = smtp::start(
+        "127.0.0.1:0",
+        Behaviour {
+            tls: Some(ca.leaf_for(&["mx1.example.test"])),
+            ..Behaviour::default()
+        },
+    )
+    .await;
+    let proxy = mitm::start(next_hop.addr, attack).await;
+    let (dns_addr, _zone) = dns_with_mx_a(&[("mx1.example.test", Ipv4Addr::LOCALHOST)]).await;
+    let p = routed(
+        Some(required(strong(&[], false))),
+        "mx1.example.test",
+        proxy.addr.port(),
+    );
+    let d = deliverer(config(Some(dns_addr), &[&ca.der]));
+    let r = deliver(&d, &p, &["bob@example.test"], false).await;
+    (r, next_hop, proxy)
+}
+
+#[tokio::test]
+async fn t7_mitm_control_delivery_through_a_passive_proxy_works() {
+    // rule T7: the control case for the attacks below — the proxy itself
+    // does not stop delivery, TLS runs end to end through it.
+    let (r, next_hop, proxy) = through_mitm(mitm::Attack::None).await;
+    assert!(all_delivered(&r), "{r:?}");
+    assert_eq!(next_hop.seen.lock().unwrap().message_over_tls, vec![true]);
+    assert!(proxy.read("STARTTLS"), "the proxy saw the clear part");
+    assert!(!proxy.read(MARKER), "and nothing of the message");
+}
+
+#[tokio::test]
+async fn t7_mitm_strips_starttls_from_ehlo() {
+    // rule T7 (STARTTLS stripping by a man in the middle)
+    let (r, next_hop, proxy) = through_mitm(mitm::Attack::StripFromEhlo).await;
+    assert_deferred_without_leak(&r, &next_hop, "TLS required but not offered");
+    assert!(!proxy.read("MAIL FROM") && !proxy.read(MARKER));
+}
+
+#[tokio::test]
+async fn t7_mitm_answers_starttls_with_an_error() {
+    // rule T7 (STARTTLS refused by a man in the middle)
+    let (r, next_hop, proxy) = through_mitm(mitm::Attack::RefuseStarttls(
+        "502 5.5.1 command not implemented",
+    ))
+    .await;
+    assert_deferred_without_leak(&r, &next_hop, "502");
+    assert!(!next_hop.seen_command("STARTTLS"), "the proxy kept it");
+    assert!(!proxy.read("MAIL FROM") && !proxy.read(MARKER));
+}
+
+#[tokio::test]
+async fn t7_mitm_presents_its_own_certificate() {
+    // rule T7, T13: the man in the middle terminates TLS with a
+    // certificate for the right name from a CA nobody trusts.
+    let forged = Ca::root("attacker root").leaf_for(&["mx1.example.test"]);
+    let (r, next_hop, proxy) = through_mitm(mitm::Attack::OwnCertificate(forged)).await;
+    assert_deferred_without_leak(&r, &next_hop, "failed strong validation");
+    assert!(
+        !proxy.read("MAIL FROM") && !proxy.read(MARKER),
+        "nothing readable reached the proxy"
+    );
 }
 
 #[tokio::test]

@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod dns;
+pub mod mitm;
 pub mod pki;
 pub mod smtp;
 
@@ -197,7 +198,7 @@ pub async fn deliver_body(
         rule: decision.rule,
         trust_anchors: &compiled.policy().trust_anchors,
         policy_serial: 1,
-        body: &path,
+        body: tlsgate::transport::MessageBody::File(&path),
     };
     use tlsgate::transport::Transport;
     d.deliver(job).await
