@@ -32,7 +32,51 @@ pub struct DeliveryJob<'a> {
     /// Serial of the policy in force, for logs and caches.
     pub policy_serial: u64,
     /// The message as received: CRLF lines, not dot-stuffed.
-    pub body: &'a Path,
+    pub body: MessageBody<'a>,
+}
+
+/// Where the transport reads the message from.
+#[derive(Clone, Copy, Debug)]
+pub enum MessageBody<'a> {
+    /// The whole file is the message.
+    File(&'a Path),
+    /// `len` bytes of a file from `offset` (a spool file keeps its
+    /// envelope before the body).
+    FileRange {
+        path: &'a Path,
+        offset: u64,
+        len: u64,
+    },
+    /// The message in memory (the spool still holds it from reception).
+    Memory(&'a [u8]),
+}
+
+impl MessageBody<'_> {
+    /// The size of the message in bytes (reads the file's metadata for
+    /// [`MessageBody::File`]).
+    pub async fn len(&self) -> std::io::Result<u64> {
+        match self {
+            MessageBody::File(path) => Ok(tokio::fs::metadata(path).await?.len()),
+            MessageBody::FileRange { len, .. } => Ok(*len),
+            MessageBody::Memory(bytes) => Ok(bytes.len() as u64),
+        }
+    }
+
+    /// Reads the whole message into memory (tests, small messages).
+    pub async fn read_all(&self) -> std::io::Result<Vec<u8>> {
+        use tokio::io::{AsyncReadExt, AsyncSeekExt};
+        match self {
+            MessageBody::File(path) => tokio::fs::read(path).await,
+            MessageBody::FileRange { path, offset, len } => {
+                let mut f = tokio::fs::File::open(path).await?;
+                f.seek(std::io::SeekFrom::Start(*offset)).await?;
+                let mut out = Vec::with_capacity(usize::try_from(*len).unwrap_or(0).min(1 << 20));
+                f.take(*len).read_to_end(&mut out).await?;
+                Ok(out)
+            }
+            MessageBody::Memory(bytes) => Ok(bytes.to_vec()),
+        }
+    }
 }
 
 /// What became of one recipient in one attempt.

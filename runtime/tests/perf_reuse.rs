@@ -59,7 +59,7 @@ async fn deliver_serial(
         rule: decision.rule,
         trust_anchors: &compiled.policy().trust_anchors,
         policy_serial: serial,
-        body: &path,
+        body: tlsgate::transport::MessageBody::File(&path),
     };
     d.deliver(job).await
 }

@@ -8,7 +8,9 @@ use std::process::ExitCode;
 
 use queue_support::*;
 use tlsgate::queue::cli::{cli, Args, Command, Format};
-use tlsgate::spool::{MessageId, RecipientStatus, Spool, SpoolOptions, SyncMode};
+use tlsgate::spool::{
+    MessageId, RecipientStatus, Spool, SpoolOptions, SyncMode, MEMORY_BODY_LIMIT,
+};
 
 #[tokio::test]
 async fn commit_stores_body_and_envelope() {
@@ -27,11 +29,24 @@ async fn commit_stores_body_and_envelope() {
     }
     let id = incoming.commit().await.unwrap();
     assert_eq!(id.to_string().parse::<MessageId>().unwrap(), id);
-    assert_eq!(spool.take_arrivals(), vec![id]);
+    let arrivals = spool.take_arrivals();
+    assert_eq!(arrivals.len(), 1);
+    assert_eq!(arrivals[0].id, id);
+    // Handed over in memory, body included.
+    let handed = arrivals[0].message.as_ref().unwrap();
+    assert!(handed.body_in_memory());
+    assert_eq!(handed.read_body().await.unwrap(), body);
+    assert_eq!(handed.envelope, env);
     let m = spool.load(&id).await.unwrap();
     assert_eq!(m.envelope, env);
-    assert_eq!(std::fs::read(&m.body).unwrap(), body);
-    assert_eq!(m.body, spool.body_path(&id));
+    assert!(!m.body_in_memory());
+    assert_eq!(m.read_body().await.unwrap(), body);
+    assert_eq!(m.body_len, body.len() as u64);
+    assert_eq!(m.path, spool.message_path(&id));
+    assert_eq!(
+        spool_dir_files(dir.path(), "queue"),
+        vec![format!("{id}.qm")]
+    );
     assert!(m
         .state
         .recipients
@@ -45,20 +60,47 @@ async fn commit_stores_body_and_envelope() {
 async fn dropping_an_uncommitted_message_leaves_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let spool = Spool::open(dir.path()).await.unwrap();
-    let mut incoming = spool
-        .begin(envelope(
-            "s@sender.test",
-            &["a@example.com"],
-            "192.0.2.7",
-            false,
-        ))
-        .await
-        .unwrap();
+    let env = envelope("s@sender.test", &["a@example.com"], "192.0.2.7", false);
+    // A small message stays in memory until the commit.
+    let mut incoming = spool.begin(env.clone()).await.unwrap();
     incoming.write(b"Subject: x\r\n").await.unwrap();
+    assert!(spool_dir_files(dir.path(), "incoming").is_empty());
+    drop(incoming);
+    // A large one is streamed to `incoming/` and removed when dropped.
+    let mut incoming = spool.begin(env.clone()).await.unwrap();
+    let line = [b'x'; 1022];
+    for _ in 0..(MEMORY_BODY_LIMIT / 1024 + 2) {
+        incoming.write(&line).await.unwrap();
+        incoming.write(b"\r\n").await.unwrap();
+    }
     assert_eq!(spool_dir_files(dir.path(), "incoming").len(), 1);
     drop(incoming);
     assert!(spool_dir_files(dir.path(), "incoming").is_empty());
     assert!(spool.list().await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn large_message_is_streamed_and_committed() {
+    let dir = tempfile::tempdir().unwrap();
+    let spool = Spool::open(dir.path()).await.unwrap();
+    let env = envelope("s@sender.test", &["a@example.com"], "192.0.2.7", false);
+    let mut body = message("large");
+    while body.len() < 3 * MEMORY_BODY_LIMIT {
+        body.extend_from_slice(b"0123456789abcdef0123456789abcdef0123456789abcdef0123456789ab\r\n");
+    }
+    let mut incoming = spool.begin(env.clone()).await.unwrap();
+    for chunk in body.chunks(1000) {
+        incoming.write(chunk).await.unwrap();
+    }
+    let id = incoming.commit().await.unwrap();
+    let arrivals = spool.take_arrivals();
+    let handed = arrivals[0].message.as_ref().unwrap();
+    assert!(!handed.body_in_memory());
+    assert_eq!(handed.read_body().await.unwrap(), body);
+    let m = spool.load(&id).await.unwrap();
+    assert_eq!(m.envelope, env);
+    assert_eq!(m.read_body().await.unwrap(), body);
+    assert!(spool_dir_files(dir.path(), "incoming").is_empty());
 }
 
 async fn many_writers(mode: SyncMode) {
@@ -86,7 +128,8 @@ async fn many_writers(mode: SyncMode) {
     ids.dedup();
     assert_eq!(ids.len(), 40);
     assert_eq!(spool.list().await.unwrap(), ids);
-    assert_eq!(spool.take_arrivals(), ids);
+    let arrived: Vec<MessageId> = spool.take_arrivals().iter().map(|a| a.id).collect();
+    assert_eq!(arrived, ids);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -3,14 +3,14 @@
 //! dot-stuffed DATA phase. Generic over the stream so the same code runs in
 //! clear and inside TLS.
 
-use std::path::Path;
 use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncSeekExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::timeout;
 
 use super::data::DotStuffer;
 use crate::smtp::reply::{parse_reply, Reply, ReplyError};
+use crate::transport::MessageBody;
 
 /// Size of one chunk of the body read from the spool.
 const BODY_CHUNK: usize = 64 * 1024;
@@ -106,19 +106,67 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
         self.stream
     }
 
-    /// Streams the body file, dot-stuffed, followed by `.`; returns the
-    /// reply to the end of data. `write_limit` bounds each write,
-    /// `reply_limit` the wait for the final reply.
+    /// Streams the body, dot-stuffed, followed by `.`; returns the reply
+    /// to the end of data. `write_limit` bounds each write, `reply_limit`
+    /// the wait for the final reply. A body in memory goes out in one
+    /// write with the end-of-data marker.
     pub async fn send_body(
         &mut self,
-        body: &Path,
+        body: MessageBody<'_>,
         write_limit: Duration,
         reply_limit: Duration,
     ) -> Result<Reply, SessionError> {
-        let mut file = tokio::fs::File::open(body)
-            .await
-            .map_err(SessionError::Spool)?;
         let mut stuffer = DotStuffer::new();
+        let mut out;
+        match body {
+            MessageBody::Memory(bytes) => {
+                out = Vec::with_capacity(bytes.len() + bytes.len() / 32 + 8);
+                stuffer.push(bytes, &mut out);
+            }
+            MessageBody::File(path) => {
+                let file = tokio::fs::File::open(path)
+                    .await
+                    .map_err(SessionError::Spool)?;
+                out = self
+                    .stream_file(file, u64::MAX, &mut stuffer, write_limit)
+                    .await?;
+            }
+            MessageBody::FileRange { path, offset, len } => {
+                let mut file = tokio::fs::File::open(path)
+                    .await
+                    .map_err(SessionError::Spool)?;
+                file.seek(std::io::SeekFrom::Start(offset))
+                    .await
+                    .map_err(SessionError::Spool)?;
+                out = self
+                    .stream_file(file, len, &mut stuffer, write_limit)
+                    .await?;
+            }
+        }
+        stuffer.finish(&mut out);
+        match timeout(write_limit, async {
+            self.stream.write_all(&out).await?;
+            self.stream.flush().await
+        })
+        .await
+        {
+            Ok(r) => r?,
+            Err(_) => return Err(SessionError::Timeout("the server to accept message data")),
+        }
+        self.read_reply(reply_limit, "the reply to the end of data")
+            .await
+    }
+
+    /// Sends up to `len` bytes of `file`, dot-stuffed, in chunks; returns
+    /// the buffer (empty) for the end-of-data marker.
+    async fn stream_file(
+        &mut self,
+        file: tokio::fs::File,
+        len: u64,
+        stuffer: &mut DotStuffer,
+        write_limit: Duration,
+    ) -> Result<Vec<u8>, SessionError> {
+        let mut file = file.take(len);
         let mut chunk = vec![0u8; BODY_CHUNK];
         let mut out = Vec::with_capacity(BODY_CHUNK + BODY_CHUNK / 8);
         loop {
@@ -134,18 +182,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
             }
         }
         out.clear();
-        stuffer.finish(&mut out);
-        match timeout(write_limit, async {
-            self.stream.write_all(&out).await?;
-            self.stream.flush().await
-        })
-        .await
-        {
-            Ok(r) => r?,
-            Err(_) => return Err(SessionError::Timeout("the server to accept message data")),
-        }
-        self.read_reply(reply_limit, "the reply to the end of data")
-            .await
+        Ok(out)
     }
 
     /// Sends QUIT and waits briefly for the reply; errors are ignored (the

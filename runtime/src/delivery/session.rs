@@ -467,8 +467,8 @@ async fn transact<S: AsyncRead + AsyncWrite + Unpin + Send>(
 
     let mut mail = format!("MAIL FROM:<{}>", job.mail_from);
     if ehlo.has_keyword("SIZE") {
-        if let Ok(meta) = tokio::fs::metadata(job.body).await {
-            mail.push_str(&format!(" SIZE={}", meta.len()));
+        if let Ok(len) = job.body.len().await {
+            mail.push_str(&format!(" SIZE={len}"));
         }
     }
     match conn.command(&mail, t.command, "the reply to MAIL").await {

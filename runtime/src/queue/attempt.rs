@@ -98,12 +98,14 @@ pub async fn run(
             }
         }
     }
-    if let Err(e) = spool.save_state(&msg.id, &msg.state).await {
-        tracing::error!(id = %msg.id, error = %e, "could not save the queue state");
-    }
     let notify_failed = notify(&mut msg, &policy, &spool, &settings).await.is_err();
+    // The body is kept in memory for the first attempt only.
+    msg.release_body();
     if msg.state.is_done() && !notify_failed {
-        match spool.remove(&msg.id).await {
+        // Delivered or failed and reported: no state to record, and the
+        // removal need not be durable (a message that comes back after a
+        // crash is delivered again, never lost).
+        match spool.remove_done(&msg.id).await {
             Ok(()) | Err(SpoolError::NotFound(_)) => {
                 tracing::info!(id = %msg.id, "message done, removed from the queue");
                 return Outcome {
@@ -116,6 +118,11 @@ pub async fn run(
                 tracing::error!(id = %msg.id, error = %e, "could not remove a finished message")
             }
         }
+    }
+    // Something is left to do (or the removal failed): record where each
+    // recipient stands.
+    if let Err(e) = spool.save_state(&mut msg).await {
+        tracing::error!(id = %msg.id, error = %e, "could not save the queue state");
     }
     Outcome {
         message: Some(msg),
@@ -201,7 +208,7 @@ async fn deliver(
             rule: g.rule,
             trust_anchors: anchors,
             policy_serial: policy.serial,
-            body: &msg.body,
+            body: msg.body(),
         };
         let report = transport.deliver(job).await;
         let done_at = now_ms();
@@ -343,7 +350,8 @@ fn jittered(delay_ms: u64, percent: u8) -> u64 {
 }
 
 /// Sends the bounce for recipients that failed since the last one, and a
-/// delay notice when due. Marks what was reported and saves the state.
+/// delay notice when due. Marks what was reported (the caller saves the
+/// state).
 async fn notify(
     msg: &mut StoredMessage,
     policy: &ActivePolicy,
@@ -352,8 +360,6 @@ async fn notify(
 ) -> Result<(), SpoolError> {
     let null_sender = msg.envelope.mail_from.is_empty();
     let retry = &policy.compiled.policy().retry;
-    let mut changed = false;
-
     let failed: Vec<usize> = msg
         .state
         .recipients
@@ -386,7 +392,6 @@ async fn notify(
                 r.notified = true;
             }
         }
-        changed = true;
     }
 
     if let Some(after) = retry.delay_notice_after {
@@ -426,11 +431,7 @@ async fn notify(
             )
             .await?;
             msg.state.delay_notice_sent = true;
-            changed = true;
         }
-    }
-    if changed {
-        spool.save_state(&msg.id, &msg.state).await?;
     }
     Ok(())
 }
@@ -448,7 +449,7 @@ async fn write_notification(
     recipients: &[DsnRecipient],
     retry_until: Option<u64>,
 ) -> Result<crate::spool::MessageId, SpoolError> {
-    let headers = read_headers(&msg.body).await;
+    let headers = read_headers(msg).await;
     let queue_id = msg.id.to_string();
     let now = dsn::now_secs();
     let text = Dsn {
@@ -477,12 +478,28 @@ async fn write_notification(
 
 /// The original message's header section (bounded), or nothing if the
 /// body cannot be read.
-async fn read_headers(path: &std::path::Path) -> Vec<u8> {
-    use tokio::io::AsyncReadExt;
+async fn read_headers(msg: &StoredMessage) -> Vec<u8> {
+    use tokio::io::{AsyncReadExt, AsyncSeekExt};
     const MAX: usize = 64 * 1024;
     let mut buf = Vec::new();
-    if let Ok(f) = tokio::fs::File::open(path).await {
-        let _ = f.take(MAX as u64).read_to_end(&mut buf).await;
+    match msg.body() {
+        crate::transport::MessageBody::Memory(b) => {
+            buf.extend_from_slice(b.get(..MAX).unwrap_or(b));
+        }
+        body => {
+            let (path, offset, len) = match body {
+                crate::transport::MessageBody::FileRange { path, offset, len } => {
+                    (path, offset, len)
+                }
+                crate::transport::MessageBody::File(path) => (path, 0, u64::MAX),
+                crate::transport::MessageBody::Memory(_) => return buf,
+            };
+            if let Ok(mut f) = tokio::fs::File::open(path).await {
+                if f.seek(std::io::SeekFrom::Start(offset)).await.is_ok() {
+                    let _ = f.take(len.min(MAX as u64)).read_to_end(&mut buf).await;
+                }
+            }
+        }
     }
     let len = dsn::header_section(&buf, MAX).len();
     buf.truncate(len);

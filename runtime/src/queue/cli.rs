@@ -167,7 +167,7 @@ async fn offline(dir: &Path, req: &Request) -> Result<Response, SpoolError> {
                     }
                 }
                 if changed {
-                    spool.save_state(&id, &m.state).await?;
+                    spool.save_state(&mut m).await?;
                     n += 1;
                 }
             }
@@ -195,7 +195,7 @@ async fn offline(dir: &Path, req: &Request) -> Result<Response, SpoolError> {
                     at_ms: now,
                 };
             }
-            spool.save_state(id, &m.state).await?;
+            spool.save_state(&mut m).await?;
             Response::Done {
                 affected: 1,
                 note: format!("`{id}` will be returned to its sender as soon as the relay starts"),

@@ -217,30 +217,35 @@ impl Runner {
         tracing::info!("queue runner stopped");
     }
 
-    /// Loads messages committed since last time.
+    /// Takes messages committed since last time (in memory) and loads the
+    /// ones found at open.
     async fn take_arrivals(&mut self) {
-        for id in self.spool.take_arrivals() {
+        for arrival in self.spool.take_arrivals() {
+            let id = arrival.id;
             if self.messages.contains_key(&id) {
                 continue;
             }
-            match self.spool.load(&id).await {
-                Ok(msg) => {
-                    let entry = Entry {
-                        msg,
-                        next_ms: 0,
-                        in_flight: false,
-                        force: false,
-                        probes: Vec::new(),
-                        notify_failed_at: None,
-                    };
-                    self.messages.insert(id, entry);
-                    self.reschedule(id);
-                }
-                Err(SpoolError::NotFound(_)) => {}
-                Err(e) => {
-                    tracing::error!(%id, error = %e, "cannot load a queued message; leaving it in the spool")
-                }
-            }
+            let msg = match arrival.message {
+                Some(m) => m,
+                None => match self.spool.load(&id).await {
+                    Ok(m) => m,
+                    Err(SpoolError::NotFound(_)) => continue,
+                    Err(e) => {
+                        tracing::error!(%id, error = %e, "cannot load a queued message; leaving it in the spool");
+                        continue;
+                    }
+                },
+            };
+            let entry = Entry {
+                msg,
+                next_ms: 0,
+                in_flight: false,
+                force: false,
+                probes: Vec::new(),
+                notify_failed_at: None,
+            };
+            self.messages.insert(id, entry);
+            self.reschedule(id);
         }
     }
 

@@ -3,27 +3,47 @@
 //! # Layout of a spool directory
 //! ```text
 //! lock                 flock held by the process that has the spool open
-//! incoming/<id>.msg    message being received (removed if never committed)
-//! incoming/<id>.env    its envelope, written at commit
-//! queue/<id>.msg       the message as received: CRLF lines, not dot-stuffed
-//! queue/<id>.env       envelope (JSON); its presence is the commit marker
-//! queue/<id>.state     per-recipient delivery state (JSON), once attempted
+//! incoming/<id>.qm     message being written (removed if never committed)
+//! queue/<id>.qm        a queued message: envelope, body and state records
+//!                      in one file (format in [`file`])
 //! control.sock         the queue runner's control socket (see `queue::control`)
 //! ```
 //!
-//! # Commit (like OpenSMTPD)
-//! [`Incoming::commit`] fsyncs the body, writes and fsyncs the envelope,
-//! renames the body and then the envelope from `incoming/` into `queue/`,
-//! and fsyncs `queue/`. Only then does it return the [`MessageId`]; any
-//! write, fsync or rename error is returned as an error (and the half-moved
-//! files are removed), never as a success. With [`SyncMode::Grouped`]
-//! (the default) concurrent commits share one fsync of `queue/`: a committer
-//! task takes every request waiting while the previous flush ran and serves
-//! them with a single `fsync`.
+//! # Commit
+//! [`Incoming::commit`] writes the file in `incoming/` (a message up to
+//! [`MEMORY_BODY_LIMIT`] is kept in memory until then and written with one
+//! `write`; a larger one is streamed as it arrives), fills in the body
+//! length, `fdatasync`s it, renames it into `queue/` and fsyncs `queue/`.
+//! Only then does it return the [`MessageId`]; any write, fsync or rename
+//! error is returned as an error (and the file is removed), never as a
+//! success. With [`SyncMode::Grouped`] (the default) concurrent commits
+//! share one fsync of `queue/`: a committer task takes every request
+//! waiting while the previous flush ran and serves them with a single
+//! `fsync`. A committed message is handed to the queue runner in memory
+//! ([`Spool::take_arrivals`]), with its body while the spool's memory budget
+//! ([`CACHE_BUDGET`]) allows, so the first attempt reads nothing back.
 //!
-//! At [`Spool::open`] everything in `incoming/` is removed (interrupted
-//! receptions that were never acknowledged), as are bodies or state files
-//! in `queue/` without an envelope.
+//! # State
+//! A message that was never deferred has no state on disk (every recipient
+//! is pending). [`Spool::save_state`] appends a record to the message's
+//! file and `fdatasync`s it; a crash during the append leaves the previous
+//! state. When the records grow past [`COMPACT_AFTER`] the file is
+//! rewritten (temp file, fsync, rename, fsync of `queue/`).
+//!
+//! # Removal
+//! [`Spool::remove_done`] (after delivery) unlinks the file without a
+//! directory fsync: a crash may bring a finished message back, which is
+//! delivered again (at-least-once), never lost. [`Spool::remove`] (the
+//! operator's `delete`) is durable.
+//!
+//! # Recovery at [`Spool::open`]
+//! Everything in `incoming/` is removed (interrupted receptions that were
+//! never acknowledged). Files of the previous layout (`queue/<id>.env`,
+//! `.msg`, `.state`) are converted into `queue/<id>.qm`; their leftovers
+//! without an envelope are removed, as is anything else unknown in
+//! `queue/`. A damaged file is never removed: loading it fails with
+//! [`SpoolError::Corrupt`], which the queue runner and `tlsgate queue list`
+//! report, and it stays for the operator.
 //!
 //! # Disk space
 //! [`SpaceFloor`]: below it [`Spool::begin`] fails with
@@ -32,15 +52,19 @@
 //! [`Spool::begin_notification`], which ignores the floor and only stops at
 //! the smaller hard reserve.
 //!
-//! Submodules: [`id`] (message ids), [`state`] (what the queue remembers
-//! per recipient).
+//! Submodules: [`file`] (the file format), [`id`] (message ids), [`state`]
+//! (what the queue remembers per recipient).
 
+pub mod file;
 pub mod id;
+mod legacy;
 pub mod state;
 
 use std::fs::File;
-use std::io::{self, Write};
+use std::io::{self, Read, Write};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use nix::fcntl::{Flock, FlockArg};
@@ -48,6 +72,7 @@ use tokio::io::{AsyncWriteExt, BufWriter};
 use tokio::sync::{mpsc, oneshot, Notify};
 
 use crate::envelope::Envelope;
+use crate::transport::MessageBody;
 pub use id::{BadMessageId, MessageId};
 pub use state::{MessageKind, MessageState, RecipientState, RecipientStatus, StoredEnvelope};
 
@@ -137,16 +162,127 @@ impl Default for SpoolOptions {
     }
 }
 
-/// A message in the queue, as loaded from disk.
+/// A body up to this size is kept in memory while it is received and
+/// written with one `write` at commit; a larger one is streamed to disk.
+pub const MEMORY_BODY_LIMIT: usize = 64 * 1024;
+/// Bytes of committed bodies the spool keeps in memory for the queue
+/// runner's first attempt, all messages together.
+pub const CACHE_BUDGET: usize = 32 * 1024 * 1024;
+/// State records beyond this many bytes make the next save rewrite the
+/// file with only the latest state.
+pub const COMPACT_AFTER: u64 = 64 * 1024;
+/// Most bytes of state records read at load (more means a damaged file).
+const MAX_TAIL: u64 = 64 * 1024 * 1024;
+
+/// A message in the queue, as loaded from disk (or as just committed).
 #[derive(Clone, Debug)]
 pub struct StoredMessage {
     pub id: MessageId,
     pub envelope: Envelope,
     pub kind: MessageKind,
     pub state: MessageState,
-    /// Path of the body (for the transport).
-    pub body: PathBuf,
+    /// The message's spool file (`queue/<id>.qm`).
+    pub path: PathBuf,
+    /// Where the body starts in [`StoredMessage::path`].
+    pub body_offset: u64,
     pub body_len: u64,
+    /// Where the next state record goes (end of the last complete one).
+    log_end: u64,
+    /// The file holds a torn record after `log_end` (to be overwritten).
+    torn: bool,
+    /// The whole file's bytes, while the spool still has them from the
+    /// commit.
+    cached: Option<Arc<CachedBody>>,
+}
+
+impl StoredMessage {
+    /// The body for the transport: in memory when the spool still has it,
+    /// else the byte range of the spool file.
+    pub fn body(&self) -> MessageBody<'_> {
+        match &self.cached {
+            Some(c) => MessageBody::Memory(c.body()),
+            None => MessageBody::FileRange {
+                path: &self.path,
+                offset: self.body_offset,
+                len: self.body_len,
+            },
+        }
+    }
+
+    /// The body is in memory (the first attempt after the commit).
+    pub fn body_in_memory(&self) -> bool {
+        self.cached.is_some()
+    }
+
+    /// Releases the in-memory copy of the body (later attempts read the
+    /// file).
+    pub fn release_body(&mut self) {
+        self.cached = None;
+    }
+
+    /// Reads the whole body.
+    pub async fn read_body(&self) -> io::Result<Vec<u8>> {
+        self.body().read_all().await
+    }
+
+    fn body_end(&self) -> u64 {
+        self.body_offset.saturating_add(self.body_len)
+    }
+}
+
+/// The bytes of a just-committed message file, counted against the
+/// spool's [`CACHE_BUDGET`] until dropped.
+struct CachedBody {
+    bytes: Vec<u8>,
+    offset: usize,
+    budget: Arc<AtomicUsize>,
+}
+
+impl CachedBody {
+    fn body(&self) -> &[u8] {
+        self.bytes.get(self.offset..).unwrap_or_default()
+    }
+
+    /// Takes `bytes` into the cache when the budget allows.
+    fn admit(bytes: Vec<u8>, offset: usize, budget: &Arc<AtomicUsize>) -> Option<Arc<CachedBody>> {
+        let n = bytes.len();
+        let mut used = budget.load(Ordering::Relaxed);
+        loop {
+            if used.saturating_add(n) > CACHE_BUDGET {
+                return None;
+            }
+            match budget.compare_exchange_weak(used, used + n, Ordering::AcqRel, Ordering::Relaxed)
+            {
+                Ok(_) => break,
+                Err(now) => used = now,
+            }
+        }
+        Some(Arc::new(CachedBody {
+            bytes,
+            offset,
+            budget: budget.clone(),
+        }))
+    }
+}
+
+impl Drop for CachedBody {
+    fn drop(&mut self) {
+        self.budget.fetch_sub(self.bytes.len(), Ordering::AcqRel);
+    }
+}
+
+impl std::fmt::Debug for CachedBody {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "CachedBody({} bytes)", self.body().len())
+    }
+}
+
+/// A message the queue runner has not taken yet: loaded when it was just
+/// committed, only its id when it was found at open.
+#[derive(Debug)]
+pub struct Arrival {
+    pub id: MessageId,
+    pub message: Option<StoredMessage>,
 }
 
 type FlushRequest = oneshot::Sender<Result<(), (io::ErrorKind, String)>>;
@@ -155,11 +291,16 @@ struct Inner {
     dir: PathBuf,
     incoming: PathBuf,
     queue: PathBuf,
+    /// `queue/`, open for its fsyncs.
+    queue_dir: Arc<File>,
     options: SpoolOptions,
     committer: Option<mpsc::UnboundedSender<FlushRequest>>,
-    /// Ids committed (or found at open) that the queue runner has not taken.
-    arrivals: Mutex<Vec<MessageId>>,
+    /// Messages committed (or found at open) that the queue runner has not
+    /// taken.
+    arrivals: Mutex<Vec<Arrival>>,
     wake: Notify,
+    /// Bytes of cached bodies.
+    cached: Arc<AtomicUsize>,
     _lock: Flock<File>,
 }
 
@@ -177,9 +318,8 @@ impl std::fmt::Debug for Spool {
     }
 }
 
-const BODY: &str = "msg";
-const ENV: &str = "env";
-const STATE: &str = "state";
+/// Extension of a message file.
+pub const EXT: &str = "qm";
 
 impl Spool {
     /// Opens (creating if needed) the spool in `dir` with default options.
@@ -188,29 +328,38 @@ impl Spool {
     }
 
     /// Opens the spool: creates the layout, takes the lock, removes
-    /// leftovers of interrupted writes and lists the queue (the ids are
-    /// handed to the queue runner through [`Spool::take_arrivals`]).
+    /// leftovers of interrupted writes, converts files of the previous
+    /// layout and lists the queue (the ids are handed to the queue runner
+    /// through [`Spool::take_arrivals`]).
     pub async fn open_with(dir: &Path, options: SpoolOptions) -> Result<Spool, SpoolError> {
         let dir = dir.to_path_buf();
-        let (lock, found) = {
+        let (lock, queue_dir, found) = {
             let dir = dir.clone();
             tokio::task::spawn_blocking(move || open_blocking(&dir))
                 .await
                 .map_err(|e| SpoolError::Io(io::Error::other(e)))??
         };
+        let queue_dir = Arc::new(queue_dir);
         let committer = match options.sync {
-            SyncMode::Grouped => Some(spawn_committer(dir.join("queue"))),
+            SyncMode::Grouped => Some(spawn_committer(queue_dir.clone())),
             SyncMode::PerMessage => None,
         };
         Ok(Spool {
             inner: Arc::new(Inner {
                 incoming: dir.join("incoming"),
                 queue: dir.join("queue"),
+                queue_dir,
                 dir,
                 options,
                 committer,
-                arrivals: Mutex::new(found),
+                arrivals: Mutex::new(
+                    found
+                        .into_iter()
+                        .map(|id| Arrival { id, message: None })
+                        .collect(),
+                ),
                 wake: Notify::new(),
+                cached: Arc::new(AtomicUsize::new(0)),
                 _lock: lock,
             }),
         })
@@ -231,7 +380,7 @@ impl Spool {
         if !self.has_room() {
             return Err(SpoolError::DiskFull);
         }
-        self.start(envelope, MessageKind::Received).await
+        self.start(envelope, MessageKind::Received)
     }
 
     /// Starts writing a notification (bounce or delay notice) that the
@@ -244,24 +393,24 @@ impl Spool {
         {
             return Err(SpoolError::DiskFull);
         }
-        self.start(envelope, MessageKind::Notification).await
+        self.start(envelope, MessageKind::Notification)
     }
 
-    async fn start(&self, envelope: Envelope, kind: MessageKind) -> Result<Incoming, SpoolError> {
+    fn start(&self, envelope: Envelope, kind: MessageKind) -> Result<Incoming, SpoolError> {
         let id = MessageId::generate();
-        let tmp_body = self.inner.incoming.join(format!("{id}.{BODY}"));
-        let file = tokio::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&tmp_body)
-            .await?;
+        let envelope = StoredEnvelope { envelope, kind };
+        let buf = file::header(&envelope, 0)?;
         Ok(Incoming {
             spool: self.clone(),
             id,
-            envelope: StoredEnvelope { envelope, kind },
-            file: Some(BufWriter::with_capacity(64 * 1024, file)),
-            tmp_body,
+            body_offset: buf.len(),
+            buf,
+            envelope,
+            file: None,
+            tmp: self.inner.incoming.join(format!("{id}.{EXT}")),
+            on_disk: false,
             written: 0,
+            failed: false,
             done: false,
         })
     }
@@ -283,7 +432,7 @@ impl Spool {
     /// (available to unprivileged users, total) bytes of the spool's file
     /// system; `None` when `statvfs` fails.
     fn free_bytes(&self) -> Option<(u64, u64)> {
-        match nix::sys::statvfs::statvfs(&self.inner.queue) {
+        match nix::sys::statvfs::fstatvfs(&*self.inner.queue_dir) {
             Ok(s) => {
                 let unit = s.fragment_size();
                 Some((
@@ -298,15 +447,15 @@ impl Spool {
         }
     }
 
-    /// Ids committed since the last call (at first: the whole queue found
-    /// at open), oldest first.
-    pub fn take_arrivals(&self) -> Vec<MessageId> {
+    /// Messages committed since the last call (at first: the ids of the
+    /// whole queue found at open), oldest first.
+    pub fn take_arrivals(&self) -> Vec<Arrival> {
         let mut a = match self.inner.arrivals.lock() {
             Ok(g) => g,
             Err(p) => p.into_inner(),
         };
         let mut out = std::mem::take(&mut *a);
-        out.sort_unstable();
+        out.sort_unstable_by_key(|a| a.id);
         out
     }
 
@@ -316,13 +465,9 @@ impl Spool {
         self.inner.wake.notified().await;
     }
 
-    /// Path of a queued message's body.
-    pub fn body_path(&self, id: &MessageId) -> PathBuf {
-        self.inner.queue.join(format!("{id}.{BODY}"))
-    }
-
-    fn path(&self, id: &MessageId, ext: &str) -> PathBuf {
-        self.inner.queue.join(format!("{id}.{ext}"))
+    /// Path of a queued message's file.
+    pub fn message_path(&self, id: &MessageId) -> PathBuf {
+        self.inner.queue.join(format!("{id}.{EXT}"))
     }
 
     /// Ids of every committed message, oldest first (reads the directory).
@@ -331,79 +476,72 @@ impl Spool {
         blocking(move || list_queue(&queue)).await
     }
 
-    /// Loads a committed message's envelope and state.
+    /// Loads a committed message: envelope, layout and latest state.
     pub async fn load(&self, id: &MessageId) -> Result<StoredMessage, SpoolError> {
         let id = *id;
-        let env_path = self.path(&id, ENV);
-        let state_path = self.path(&id, STATE);
-        let body = self.body_path(&id);
-        blocking(move || load_blocking(id, &env_path, &state_path, body))
+        let path = self.message_path(&id);
+        let p = path.clone();
+        blocking(move || load_blocking(id, p))
+            .await
+            .map_err(|e| classify(e, id, &path))
+    }
+
+    /// Records a message's state durably: appends a record to its file and
+    /// `fdatasync`s it (no directory change). Past [`COMPACT_AFTER`] bytes
+    /// of records the file is rewritten with only this state.
+    pub async fn save_state(&self, msg: &mut StoredMessage) -> Result<(), SpoolError> {
+        let record = file::state_record(&msg.state)?;
+        let id = msg.id;
+        let path = msg.path.clone();
+        let (log_end, torn, body_end) = (msg.log_end, msg.torn, msg.body_end());
+        let n = record.len() as u64;
+        if log_end.saturating_sub(body_end) + n > COMPACT_AFTER {
+            let tmp = self.inner.incoming.join(format!("{id}.{EXT}"));
+            let p = path.clone();
+            blocking(move || rewrite_blocking(&p, &tmp, body_end, &record))
+                .await
+                .map_err(|e| classify(e, id, &path))?;
+            self.sync_queue_dir().await?;
+            msg.log_end = body_end + n;
+            msg.torn = false;
+            return Ok(());
+        }
+        let p = path.clone();
+        blocking(move || {
+            let f = std::fs::OpenOptions::new().write(true).open(&p)?;
+            if torn {
+                f.set_len(log_end)?;
+            }
+            f.write_all_at(&record, log_end)?;
+            f.sync_data()
+        })
+        .await
+        .map_err(|e| classify(e, id, &path))?;
+        msg.log_end = log_end + n;
+        msg.torn = false;
+        Ok(())
+    }
+
+    /// Removes a message from the queue durably (the operator's `delete`:
+    /// unlink, then fsync of `queue/`).
+    pub async fn remove(&self, id: &MessageId) -> Result<(), SpoolError> {
+        self.remove_done(id).await?;
+        self.sync_queue_dir().await
+    }
+
+    /// Removes a finished message: unlinks its file without waiting for
+    /// the directory to reach the disk. A crash may bring it back; it is
+    /// then delivered again (at-least-once), never lost.
+    pub async fn remove_done(&self, id: &MessageId) -> Result<(), SpoolError> {
+        let path = self.message_path(id);
+        blocking(move || std::fs::remove_file(&path))
             .await
             .map_err(|e| match e {
                 SpoolError::Io(io) if io.kind() == io::ErrorKind::NotFound => {
-                    SpoolError::NotFound(id)
-                }
-                SpoolError::Io(io) if io.kind() == io::ErrorKind::InvalidData => {
-                    SpoolError::Corrupt {
-                        path: self.path(&id, ENV),
-                        reason: io.to_string(),
-                    }
+                    SpoolError::NotFound(*id)
                 }
                 other => other,
             })
-    }
-
-    /// Replaces a message's state durably (temp file, fsync, rename, fsync
-    /// of `queue/`).
-    pub async fn save_state(&self, id: &MessageId, state: &MessageState) -> Result<(), SpoolError> {
-        let bytes = serde_json::to_vec(state).map_err(|e| SpoolError::Io(io::Error::other(e)))?;
-        let path = self.path(id, STATE);
-        let tmp = self.inner.queue.join(format!("{id}.{STATE}.tmp"));
-        let env = self.path(id, ENV);
-        blocking(move || {
-            if !env.exists() {
-                return Err(io::Error::new(io::ErrorKind::NotFound, "message gone"));
-            }
-            write_synced(&tmp, &bytes)?;
-            if let Err(e) = std::fs::rename(&tmp, &path) {
-                let _ = std::fs::remove_file(&tmp);
-                return Err(e);
-            }
-            Ok(())
-        })
-        .await
-        .map_err(|e| match e {
-            SpoolError::Io(io) if io.kind() == io::ErrorKind::NotFound => SpoolError::NotFound(*id),
-            other => other,
-        })?;
-        self.sync_queue_dir().await
-    }
-
-    /// Removes a message from the queue (envelope first: once it is gone
-    /// the message no longer exists, even if a crash leaves the rest).
-    pub async fn remove(&self, id: &MessageId) -> Result<(), SpoolError> {
-        let env = self.path(id, ENV);
-        let others = [self.path(id, STATE), self.body_path(id)];
-        let found = blocking(move || {
-            let found = match std::fs::remove_file(&env) {
-                Ok(()) => true,
-                Err(e) if e.kind() == io::ErrorKind::NotFound => false,
-                Err(e) => return Err(e),
-            };
-            for p in others {
-                match std::fs::remove_file(&p) {
-                    Ok(()) => {}
-                    Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                    Err(e) => return Err(e),
-                }
-            }
-            Ok(found)
-        })
-        .await?;
-        if !found {
-            return Err(SpoolError::NotFound(*id));
-        }
-        self.sync_queue_dir().await
     }
 
     /// Makes renames in `queue/` durable: a shared flush with
@@ -419,16 +557,29 @@ impl Spool {
                 };
             }
         }
-        let queue = self.inner.queue.clone();
-        blocking(move || File::open(&queue)?.sync_all()).await
+        let dir = self.inner.queue_dir.clone();
+        blocking(move || dir.sync_all()).await
     }
 
-    fn announce(&self, id: MessageId) {
+    fn announce(&self, arrival: Arrival) {
         match self.inner.arrivals.lock() {
-            Ok(mut g) => g.push(id),
-            Err(p) => p.into_inner().push(id),
+            Ok(mut g) => g.push(arrival),
+            Err(p) => p.into_inner().push(arrival),
         }
         self.inner.wake.notify_one();
+    }
+}
+
+/// Maps "no such file" to [`SpoolError::NotFound`] and "bad data" to
+/// [`SpoolError::Corrupt`].
+fn classify(e: SpoolError, id: MessageId, path: &Path) -> SpoolError {
+    match e {
+        SpoolError::Io(io) if io.kind() == io::ErrorKind::NotFound => SpoolError::NotFound(id),
+        SpoolError::Io(io) if io.kind() == io::ErrorKind::InvalidData => SpoolError::Corrupt {
+            path: path.to_path_buf(),
+            reason: io.to_string(),
+        },
+        other => other,
     }
 }
 
@@ -438,9 +589,17 @@ pub struct Incoming {
     spool: Spool,
     id: MessageId,
     envelope: StoredEnvelope,
+    /// The file's first line and envelope, then the body while it fits in
+    /// [`MEMORY_BODY_LIMIT`] (emptied once the message spills to disk).
+    buf: Vec<u8>,
+    body_offset: usize,
+    /// The file in `incoming/`, once the body outgrew memory.
     file: Option<BufWriter<tokio::fs::File>>,
-    tmp_body: PathBuf,
+    tmp: PathBuf,
+    /// `tmp` was created (remove it unless committed).
+    on_disk: bool,
     written: u64,
+    failed: bool,
     done: bool,
 }
 
@@ -468,6 +627,9 @@ impl Incoming {
 
     /// Appends bytes of the message (as received: CRLF, not dot-stuffed).
     pub async fn write(&mut self, chunk: &[u8]) -> Result<(), SpoolError> {
+        if self.failed {
+            return Err(SpoolError::Io(io::Error::other("message already failed")));
+        }
         let before = self.written / RESERVE_CHECK_EVERY;
         let after = (self.written + chunk.len() as u64) / RESERVE_CHECK_EVERY;
         if before != after
@@ -478,11 +640,15 @@ impl Incoming {
         {
             return Err(SpoolError::DiskFull);
         }
-        let file = self
-            .file
-            .as_mut()
-            .ok_or_else(|| SpoolError::Io(io::Error::other("message already failed")))?;
-        if let Err(e) = file.write_all(chunk).await {
+        if self.file.is_none()
+            && self.buf.len() + chunk.len() <= self.body_offset + MEMORY_BODY_LIMIT
+        {
+            self.buf.extend_from_slice(chunk);
+            self.written += chunk.len() as u64;
+            return Ok(());
+        }
+        if let Err(e) = self.spill_and_write(chunk).await {
+            self.failed = true;
             self.file = None;
             return Err(e.into());
         }
@@ -490,57 +656,103 @@ impl Incoming {
         Ok(())
     }
 
+    async fn spill_and_write(&mut self, chunk: &[u8]) -> io::Result<()> {
+        if self.file.is_none() {
+            let mut f = tokio::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&self.tmp)
+                .await?;
+            self.on_disk = true;
+            f.write_all(&self.buf).await?;
+            self.buf = Vec::new();
+            self.file = Some(BufWriter::with_capacity(64 * 1024, f));
+        }
+        match self.file.as_mut() {
+            Some(f) => f.write_all(chunk).await,
+            None => Err(io::Error::other("message already failed")),
+        }
+    }
+
     /// Makes the message durable and queues it; returns its id only once
-    /// the body, the envelope and the directory entries are on disk.
+    /// the file and its directory entry are on disk.
     pub async fn commit(mut self) -> Result<MessageId, SpoolError> {
         let result = self.commit_inner().await;
         self.done = true;
         if result.is_err() {
             self.cleanup_everywhere().await;
         }
-        let id = result?;
-        self.spool.announce(id);
+        let message = result?;
+        let id = message.id;
+        self.spool.announce(Arrival {
+            id,
+            message: Some(message),
+        });
         Ok(id)
     }
 
-    async fn commit_inner(&mut self) -> Result<MessageId, SpoolError> {
-        let mut file = self
-            .file
-            .take()
-            .ok_or_else(|| SpoolError::Io(io::Error::other("message already failed")))?;
-        file.flush().await?;
-        let file = file.into_inner();
-        file.sync_all().await?;
-        drop(file);
-
+    async fn commit_inner(&mut self) -> Result<StoredMessage, SpoolError> {
+        if self.failed {
+            return Err(SpoolError::Io(io::Error::other("message already failed")));
+        }
         let id = self.id;
-        let env_bytes =
-            serde_json::to_vec(&self.envelope).map_err(|e| SpoolError::Io(io::Error::other(e)))?;
-        let incoming = &self.spool.inner.incoming;
-        let tmp_env = incoming.join(format!("{id}.{ENV}"));
-        let tmp_body = self.tmp_body.clone();
-        let body = self.spool.body_path(&id);
-        let env = self.spool.path(&id, ENV);
-        blocking(move || {
-            write_synced(&tmp_env, &env_bytes)?;
-            // Body first: the envelope's arrival in queue/ is the commit.
-            std::fs::rename(&tmp_body, &body)?;
-            std::fs::rename(&tmp_env, &env)
-        })
-        .await?;
+        let dest = self.spool.message_path(&id);
+        let tmp = self.tmp.clone();
+        let len_field = file::body_len_field(self.written);
+        let cached = match self.file.take() {
+            None => {
+                // Everything is in memory: one write.
+                let mut bytes = std::mem::take(&mut self.buf);
+                bytes[file::BODY_LEN_AT..file::BODY_LEN_AT + 16].copy_from_slice(&len_field);
+                let to = dest.clone();
+                let bytes = blocking(move || {
+                    let mut f = std::fs::OpenOptions::new()
+                        .write(true)
+                        .create_new(true)
+                        .open(&tmp)?;
+                    f.write_all(&bytes)?;
+                    f.sync_data()?;
+                    drop(f);
+                    std::fs::rename(&tmp, &to)?;
+                    Ok(bytes)
+                })
+                .await?;
+                CachedBody::admit(bytes, self.body_offset, &self.spool.inner.cached)
+            }
+            Some(mut f) => {
+                f.flush().await?;
+                let f = f.into_inner().into_std().await;
+                let to = dest.clone();
+                blocking(move || {
+                    f.write_all_at(&len_field, file::BODY_LEN_AT as u64)?;
+                    f.sync_data()?;
+                    drop(f);
+                    std::fs::rename(&tmp, &to)
+                })
+                .await?;
+                None
+            }
+        };
         self.spool.sync_queue_dir().await?;
-        Ok(id)
+        let body_offset = self.body_offset as u64;
+        let log_end = body_offset + self.written;
+        Ok(StoredMessage {
+            id,
+            state: MessageState::fresh(&self.envelope.envelope),
+            envelope: self.envelope.envelope.clone(),
+            kind: self.envelope.kind,
+            path: dest,
+            body_offset,
+            body_len: self.written,
+            log_end,
+            torn: false,
+            cached,
+        })
     }
 
     /// After a failed commit: nothing of the message may stay anywhere.
     async fn cleanup_everywhere(&self) {
-        let id = self.id;
-        let paths = [
-            self.tmp_body.clone(),
-            self.spool.inner.incoming.join(format!("{id}.{ENV}")),
-            self.spool.path(&id, ENV),
-            self.spool.body_path(&id),
-        ];
+        let paths = [self.tmp.clone(), self.spool.message_path(&self.id)];
         let _ = blocking(move || {
             for p in paths {
                 let _ = std::fs::remove_file(p);
@@ -553,9 +765,10 @@ impl Incoming {
 
 impl Drop for Incoming {
     fn drop(&mut self) {
-        if !self.done {
-            // An unlink; not worth a blocking-pool round trip.
-            let _ = std::fs::remove_file(&self.tmp_body);
+        if !self.done && self.on_disk {
+            // The message spilled to a file. An unlink; not worth a
+            // blocking-pool round trip.
+            let _ = std::fs::remove_file(&self.tmp);
         }
     }
 }
@@ -571,19 +784,9 @@ where
     }
 }
 
-fn write_synced(path: &Path, bytes: &[u8]) -> io::Result<()> {
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .open(path)?;
-    f.write_all(bytes)?;
-    f.sync_all()
-}
-
 /// The group committer: one `fsync(queue/)` for every request that queued
 /// up while the previous one ran.
-fn spawn_committer(queue: PathBuf) -> mpsc::UnboundedSender<FlushRequest> {
+fn spawn_committer(queue_dir: Arc<File>) -> mpsc::UnboundedSender<FlushRequest> {
     let (tx, mut rx) = mpsc::unbounded_channel::<FlushRequest>();
     tokio::spawn(async move {
         let mut batch = Vec::new();
@@ -592,12 +795,11 @@ fn spawn_committer(queue: PathBuf) -> mpsc::UnboundedSender<FlushRequest> {
             while let Ok(more) = rx.try_recv() {
                 batch.push(more);
             }
-            let dir = queue.clone();
-            let result =
-                match tokio::task::spawn_blocking(move || File::open(&dir)?.sync_all()).await {
-                    Ok(r) => r,
-                    Err(e) => Err(io::Error::other(e)),
-                };
+            let dir = queue_dir.clone();
+            let result = match tokio::task::spawn_blocking(move || dir.sync_all()).await {
+                Ok(r) => r,
+                Err(e) => Err(io::Error::other(e)),
+            };
             let result = result.map_err(|e| (e.kind(), e.to_string()));
             for reply in batch.drain(..) {
                 let _ = reply.send(result.clone());
@@ -607,7 +809,7 @@ fn spawn_committer(queue: PathBuf) -> mpsc::UnboundedSender<FlushRequest> {
     tx
 }
 
-fn open_blocking(dir: &Path) -> Result<(Flock<File>, Vec<MessageId>), SpoolError> {
+fn open_blocking(dir: &Path) -> Result<(Flock<File>, File, Vec<MessageId>), SpoolError> {
     let incoming = dir.join("incoming");
     let queue = dir.join("queue");
     std::fs::create_dir_all(&incoming)?;
@@ -622,55 +824,37 @@ fn open_blocking(dir: &Path) -> Result<(Flock<File>, Vec<MessageId>), SpoolError
         .map_err(|_| SpoolError::Locked(dir.to_path_buf()))?;
 
     // Interrupted receptions: never acknowledged, so never wanted.
+    let mut removed = false;
     for entry in std::fs::read_dir(&incoming)? {
         let entry = entry?;
         tracing::info!(file = %entry.path().display(), "removing leftover of an interrupted reception");
-        std::fs::remove_file(entry.path())?;
-    }
-    File::open(&incoming)?.sync_all()?;
-
-    // In queue/, only what has an envelope exists.
-    let ids = list_queue(&queue)?;
-    let mut removed = false;
-    for entry in std::fs::read_dir(&queue)? {
-        let entry = entry?;
-        let name = entry.file_name();
-        let name = name.to_string_lossy();
-        let keep = match name.split_once('.') {
-            Some((id, ext)) => match id.parse::<MessageId>() {
-                Ok(id) => {
-                    (ext == BODY || ext == STATE || ext == ENV) && ids.binary_search(&id).is_ok()
-                }
-                Err(_) => false,
-            },
-            None => false,
-        };
-        if !keep {
-            tracing::info!(file = %entry.path().display(), "removing leftover in the queue");
-            if entry.file_type()?.is_dir() {
-                std::fs::remove_dir_all(entry.path())?;
-            } else {
-                std::fs::remove_file(entry.path())?;
-            }
-            removed = true;
+        if entry.file_type()?.is_dir() {
+            std::fs::remove_dir_all(entry.path())?;
+        } else {
+            std::fs::remove_file(entry.path())?;
         }
+        removed = true;
     }
     if removed {
-        File::open(&queue)?.sync_all()?;
+        File::open(&incoming)?.sync_all()?;
     }
-    Ok((lock, ids))
+
+    let queue_dir = File::open(&queue)?;
+    legacy::convert(&incoming, &queue, &queue_dir)?;
+    let ids = list_queue(&queue)?;
+    Ok((lock, queue_dir, ids))
+}
+
+/// The id of a message file name (`<id>.qm`).
+fn message_id_of(name: &str) -> Option<MessageId> {
+    name.strip_suffix(".qm")?.parse().ok()
 }
 
 fn list_queue(queue: &Path) -> io::Result<Vec<MessageId>> {
     let mut ids = Vec::new();
     for entry in std::fs::read_dir(queue)? {
         let entry = entry?;
-        let name = entry.file_name();
-        if let Some(id) = name
-            .to_str()
-            .and_then(|n| n.strip_suffix(".env"))
-            .and_then(|n| n.parse::<MessageId>().ok())
-        {
+        if let Some(id) = entry.file_name().to_str().and_then(message_id_of) {
             ids.push(id);
         }
     }
@@ -678,36 +862,94 @@ fn list_queue(queue: &Path) -> io::Result<Vec<MessageId>> {
     Ok(ids)
 }
 
-fn load_blocking(
-    id: MessageId,
-    env_path: &Path,
-    state_path: &Path,
-    body: PathBuf,
-) -> io::Result<StoredMessage> {
-    let env_bytes = std::fs::read(env_path)?;
-    let stored: StoredEnvelope = serde_json::from_slice(&env_bytes).map_err(|e| {
-        io::Error::new(
-            io::ErrorKind::InvalidData,
-            format!("{}: {e}", env_path.display()),
-        )
+fn load_blocking(id: MessageId, path: PathBuf) -> io::Result<StoredMessage> {
+    let f = File::open(&path)?;
+    let len = f.metadata()?.len();
+    let mut first = [0u8; file::HEADER_LEN];
+    f.read_exact_at(&mut first, 0).map_err(|e| {
+        if e.kind() == io::ErrorKind::UnexpectedEof {
+            io::Error::new(io::ErrorKind::InvalidData, "truncated first line")
+        } else {
+            e
+        }
     })?;
-    let state = match std::fs::read(state_path) {
-        Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
-            io::Error::new(
-                io::ErrorKind::InvalidData,
-                format!("{}: {e}", state_path.display()),
-            )
-        })?,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => MessageState::fresh(&stored.envelope),
-        Err(e) => return Err(e),
-    };
-    let body_len = std::fs::metadata(&body)?.len();
+    let layout = file::parse_first_line(&first)?;
+    if len < layout.body_end() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!(
+                "truncated: {len} bytes, the header says the body ends at {}",
+                layout.body_end()
+            ),
+        ));
+    }
+    let mut env = vec![0u8; layout.envelope_len + 1];
+    f.read_exact_at(&mut env, layout.envelope_offset())?;
+    let stored = file::parse_envelope(&env)?;
+    let tail_len = len - layout.body_end();
+    if tail_len > MAX_TAIL {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("{tail_len} bytes of state records"),
+        ));
+    }
+    let mut tail = Vec::new();
+    if tail_len > 0 {
+        let mut r = &f;
+        io::Seek::seek(&mut r, io::SeekFrom::Start(layout.body_end()))?;
+        r.take(tail_len).read_to_end(&mut tail)?;
+    }
+    let records = file::parse_records(&tail);
+    if records.torn {
+        tracing::warn!(file = %path.display(), "ignoring an incomplete state record (interrupted save); the previous state stands");
+    }
+    let state = records
+        .state
+        .unwrap_or_else(|| MessageState::fresh(&stored.envelope));
+    if state.recipients.len() != stored.envelope.rcpt_to.len() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "the state does not match the envelope's recipients",
+        ));
+    }
     Ok(StoredMessage {
         id,
         envelope: stored.envelope,
         kind: stored.kind,
         state,
-        body,
-        body_len,
+        path,
+        body_offset: layout.body_offset(),
+        body_len: layout.body_len,
+        log_end: layout.body_end() + records.valid as u64,
+        torn: records.torn,
+        cached: None,
     })
+}
+
+/// Rewrites a message file with its header, body and one state record:
+/// temp file in `incoming/`, fdatasync, rename over the old one (the caller
+/// fsyncs `queue/`).
+fn rewrite_blocking(path: &Path, tmp: &Path, body_end: u64, record: &[u8]) -> io::Result<()> {
+    let result = (|| {
+        let mut src = File::open(path)?.take(body_end);
+        let mut dst = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(tmp)?;
+        let copied = io::copy(&mut src, &mut dst)?;
+        if copied != body_end {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "the message file shrank",
+            ));
+        }
+        dst.write_all(record)?;
+        dst.sync_data()?;
+        std::fs::rename(tmp, path)
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(tmp);
+    }
+    result
 }

@@ -75,7 +75,7 @@ impl Transport for Scripted {
         job: DeliveryJob<'a>,
     ) -> Pin<Box<dyn Future<Output = DeliveryReport> + Send + 'a>> {
         Box::pin(async move {
-            let body = tokio::fs::read(job.body).await.unwrap_or_default();
+            let body = job.body.read_all().await.unwrap_or_default();
             let seen = Seen {
                 message_id: job.message_id.to_string(),
                 mail_from: job.mail_from.to_string(),
