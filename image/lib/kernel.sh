@@ -9,7 +9,11 @@
 
 PINS="$IMAGE_DIR/kernel-versions"
 # The modules init loads (finit_module), before their dependencies are added.
-WANTED_MODULES="virtio_ring virtio failover net_failover virtio_net virtio_pci_modern_dev virtio_pci_legacy_dev virtio_pci virtio_blk virtio-rng virtio_mmio vfat nls_cp437 nls_ascii nls_utf8 nls_iso8859-1 rtc-pl031 rtc-efi"
+# evdev gives /dev/input/eventN, button the ACPI power button (a module in
+# the amd64 cloud kernel, built in on arm64; built-in names resolve to
+# nothing here). The arm64 cloud kernel has no gpio_keys (the device-tree
+# power button of qemu's `virt`): there the button works under ACPI only.
+WANTED_MODULES="virtio_ring virtio failover net_failover virtio_net virtio_pci_modern_dev virtio_pci_legacy_dev virtio_pci virtio_blk virtio-rng virtio_mmio vfat nls_cp437 nls_ascii nls_utf8 nls_iso8859-1 rtc-pl031 rtc-efi evdev button"
 
 pin_of() { awk -v a="$1" -v p="$2" '$1==a && $2==p {print $3}' "$PINS" 2>/dev/null; }
 

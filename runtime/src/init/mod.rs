@@ -20,8 +20,16 @@
 //! 7. start the relay (`tlsgate run --config …`) and the management
 //!    listener (`tlsgate-init manage …`) as children, unprivileged, and
 //!    restart them with back-off when they die;
-//! 8. on SIGTERM/SIGINT/SIGPWR (or the management listener's `poweroff`),
-//!    stop the children, save the clock, sync, unmount, power off.
+//! 8. on SIGTERM/SIGINT/SIGPWR, the management listener's `poweroff` or a
+//!    press of the power button ([`button`]: ACPI `Power Button`, or any
+//!    input device with `KEY_POWER`), stop the children (SIGTERM, then
+//!    SIGKILL after [`STOP_WINDOW`]), kill what is left, save the clock,
+//!    sync, unmount (or remount read-only), power off.
+//!
+//! The children start with an empty signal mask: the init blocks the
+//! signals it reads through its signalfd, a blocked mask survives fork and
+//! exec, and `std::process::Command` does not reset it, so without
+//! [`service_command`]'s reset the relay never saw SIGTERM or SIGHUP.
 //!
 //! # Privileges
 //! The children run as uid/gid [`SERVICE_UID`]/[`SERVICE_GID`] with no
@@ -31,6 +39,7 @@
 //! only our own processes this grants exactly "bind ports ≥ 25" and no
 //! capability at all, with no capability syscalls.
 
+pub mod button;
 pub mod net;
 pub mod settings;
 pub mod system;
@@ -40,7 +49,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use nix::mount::MsFlags;
-use nix::sys::signal::{kill, SigSet, Signal};
+use nix::sys::signal::{kill, SigSet, SigmaskHow, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
@@ -71,6 +80,11 @@ pub const CONFIG_MNT: &str = "/config";
 pub const DATA_MNT: &str = "/data";
 /// Run-time directory (tmpfs).
 pub const RUN_DIR: &str = "/run/tlsgate";
+/// How long the children get to stop after SIGTERM before SIGKILL. The
+/// relay takes at most its `shutdown_grace_secs` (5 s in the appliance's
+/// configuration) for open sessions, then up to 5 s for running delivery
+/// attempts; with nothing in flight it stops at once.
+pub const STOP_WINDOW: Duration = Duration::from_secs(12);
 
 /// Paths derived from the data partition.
 #[derive(Clone, Debug)]
@@ -307,9 +321,30 @@ fn install_config_policy(layout: &Layout, keys: &[policy::blob::PublicKey]) {
     );
 }
 
+/// Makes `cmd`'s child start with an empty signal mask (see the module
+/// docs: the init's own mask blocks SIGTERM, SIGHUP, SIGCHLD, …).
+#[allow(unsafe_code)]
+fn reset_signal_mask(cmd: &mut Command) {
+    use std::os::unix::process::CommandExt;
+    let empty = SigSet::empty();
+    // SAFETY: `pre_exec` runs the closure in the child between fork and
+    // exec, where only async-signal-safe functions may be called. The
+    // closure calls exactly one, pthread_sigmask(3) (sigprocmask(2)), on a
+    // set built before the fork and copied into the closure; it neither
+    // allocates nor takes locks (an `Errno` converts to `io::Error` without
+    // allocating).
+    unsafe {
+        cmd.pre_exec(move || {
+            nix::sys::signal::pthread_sigmask(SigmaskHow::SIG_SETMASK, Some(&empty), None)
+                .map_err(std::io::Error::from)
+        });
+    }
+}
+
 fn service_command(program: &str) -> Command {
     use std::os::unix::process::CommandExt;
     let mut cmd = Command::new(program);
+    reset_signal_mask(&mut cmd);
     cmd.uid(SERVICE_UID)
         .gid(SERVICE_GID)
         .env_clear()
@@ -425,7 +460,12 @@ enum Stop {
 
 fn supervise(children: &mut [Supervised], sigfd: Option<&SignalFd>, layout: &Layout) -> Stop {
     let mut last_clock_save = Instant::now();
+    let mut buttons = button::PowerButtons::new();
     loop {
+        if buttons.poll() {
+            log("power button: powering off");
+            return Stop::PowerOff;
+        }
         let now = Instant::now();
         for c in children.iter_mut() {
             if c.pid.is_none() && now >= c.next_start {
@@ -502,37 +542,57 @@ fn on_exit(children: &mut [Supervised], pid: Pid, how: &str, code: Option<i32>) 
 }
 
 fn shutdown(children: &mut [Supervised], layout: &Layout, data_ok: bool, stop: Stop) -> ! {
+    let began = Instant::now();
     for c in children.iter() {
         if let Some(pid) = c.pid {
             let _ = kill(pid, Signal::SIGTERM);
         }
     }
-    let deadline = Instant::now() + Duration::from_secs(10);
+    let deadline = began + STOP_WINDOW;
     while children.iter().any(|c| c.pid.is_some()) && Instant::now() < deadline {
         match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
             Ok(WaitStatus::Exited(pid, _)) | Ok(WaitStatus::Signaled(pid, _, _)) => {
                 for c in children.iter_mut().filter(|c| c.pid == Some(pid)) {
                     c.pid = None;
+                    log(&format!(
+                        "{} stopped after {} ms",
+                        c.name,
+                        began.elapsed().as_millis()
+                    ));
                 }
             }
-            _ => std::thread::sleep(Duration::from_millis(50)),
+            Ok(WaitStatus::StillAlive) => std::thread::sleep(Duration::from_millis(20)),
+            Ok(_) => {}
+            // No child left at all (ECHILD): nothing to wait for.
+            Err(_) => break,
         }
     }
     for c in children.iter() {
         if let Some(pid) = c.pid {
-            log(&format!("{} did not stop in time: killing it", c.name));
+            log(&format!(
+                "{} did not stop within {}s: killing it",
+                c.name,
+                STOP_WINDOW.as_secs()
+            ));
             let _ = kill(pid, Signal::SIGKILL);
         }
     }
+    // Whatever is left (a check-tls or queue tool started by the management
+    // listener, an orphan): killed and reaped, so nothing holds /data open.
+    system::kill_all_and_reap(Duration::from_secs(2));
     if data_ok {
         system::save_clock(&layout.clock);
     }
     nix::unistd::sync();
-    system::unmount(DATA_MNT);
-    system::unmount(CONFIG_MNT);
-    log(match stop {
-        Stop::PowerOff => "powering off",
-        Stop::Reboot => "rebooting",
-    });
+    system::unmount_or_read_only(DATA_MNT);
+    system::unmount_or_read_only(CONFIG_MNT);
+    log(&format!(
+        "{} ({} ms after the request)",
+        match stop {
+            Stop::PowerOff => "powering off",
+            Stop::Reboot => "rebooting",
+        },
+        began.elapsed().as_millis()
+    ));
     system::power_off(stop == Stop::Reboot)
 }

@@ -140,10 +140,45 @@ pub fn mount_device(
     mount(Some(dev), target, Some(fstype), flags, data).map_err(io::Error::from)
 }
 
-/// Unmounts `target`, lazily if it is busy.
-pub fn unmount(target: &str) {
-    if umount2(target, MntFlags::empty()).is_err() {
-        let _ = umount2(target, MntFlags::MNT_DETACH);
+/// Unmounts `target`. When it is busy, remounts it read-only instead (which
+/// flushes and marks the file system clean just the same), then detaches
+/// it; says on the console what it could do.
+pub fn unmount_or_read_only(target: &str) {
+    let Err(busy) = umount2(target, MntFlags::empty()) else {
+        return;
+    };
+    if busy == nix::errno::Errno::EINVAL {
+        return; // not mounted
+    }
+    let ro = MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY;
+    match mount(None::<&str>, target, None::<&str>, ro, None::<&str>) {
+        Ok(()) => log(&format!("{target}: {busy}; remounted read-only")),
+        Err(e) => log(&format!(
+            "{target}: cannot unmount ({busy}) nor remount read-only ({e})"
+        )),
+    }
+    let _ = umount2(target, MntFlags::MNT_DETACH);
+}
+
+/// Sends SIGKILL to every process but PID 1 and reaps them, waiting up to
+/// `wait` for the last one.
+pub fn kill_all_and_reap(wait: Duration) {
+    use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+    use nix::unistd::Pid;
+    let _ = nix::sys::signal::kill(Pid::from_raw(-1), nix::sys::signal::Signal::SIGKILL);
+    let deadline = Instant::now() + wait;
+    loop {
+        match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
+            Ok(WaitStatus::StillAlive) => {
+                if Instant::now() >= deadline {
+                    log("processes left after SIGKILL");
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            Ok(_) => {}
+            Err(_) => return, // ECHILD: none left
+        }
     }
 }
 
