@@ -634,6 +634,11 @@ pub async fn run(args: LoadgenArgs) -> Result<LoadReport, String> {
         report.session_errors.extend(r.errors);
         report.acknowledged.extend(r.acknowledged);
     }
+    if let Some(u) = until {
+        // The hostile connections run for the whole duration, also when
+        // there are no (or only quick) sessions.
+        tokio::time::sleep_until(u.into()).await;
+    }
     report.elapsed = start.elapsed();
     let _ = stop.send(true);
     while let Some(r) = hostile.join_next().await {

@@ -269,6 +269,8 @@ pub struct Memory {
     pub fds: usize,
     /// Descriptors that are sockets (connections, listeners).
     pub sockets: usize,
+    /// When sampled: seconds since an arbitrary fixed point.
+    pub at: f64,
 }
 
 /// The `Message-ID` header values of the messages a next hop received.
@@ -286,6 +288,8 @@ pub fn message_ids(messages: &[Vec<u8>]) -> Vec<String> {
         })
         .collect()
 }
+
+static EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
 
 /// `VmRSS` / `VmHWM` in KiB and the number of open descriptors of `pid`.
 pub fn memory_of(pid: u32) -> Memory {
@@ -314,6 +318,7 @@ pub fn memory_of(pid: u32) -> Memory {
         hwm_kib: kib("VmHWM:"),
         fds,
         sockets,
+        at: EPOCH.get_or_init(Instant::now).elapsed().as_secs_f64(),
     }
 }
 
