@@ -87,7 +87,6 @@ mod imp {
         // threads and synchronisation
         SYS_futex,
         SYS_set_robust_list,
-        SYS_get_robust_list,
         SYS_rseq,
         SYS_set_tid_address,
         SYS_sched_yield,
@@ -96,7 +95,6 @@ mod imp {
         SYS_exit_group,
         SYS_gettid,
         SYS_getpid,
-        SYS_getppid,
         // signals
         SYS_rt_sigaction,
         SYS_rt_sigprocmask,
@@ -149,7 +147,6 @@ mod imp {
         SYS_unlinkat,
         SYS_renameat,
         SYS_renameat2,
-        SYS_linkat,
         SYS_readlinkat,
         SYS_getcwd,
         SYS_fsync,
@@ -161,7 +158,6 @@ mod imp {
         SYS_fstatfs,
         SYS_fchmod,
         SYS_fchmodat,
-        SYS_utimensat,
         SYS_fadvise64,
         // network (SMTP in and out, DNS over UDP and TCP, control socket)
         SYS_bind,
@@ -199,10 +195,7 @@ mod imp {
         SYS_pipe,
         SYS_dup2,
         SYS_poll,
-        SYS_select,
         SYS_epoll_wait,
-        SYS_epoll_create,
-        SYS_getdents,
         SYS_arch_prctl,
     );
     #[cfg(target_arch = "aarch64")]

@@ -152,8 +152,20 @@ impl Relay {
         false
     }
 
+    /// The relay's pid (under strace: strace's child).
+    fn pid(&self) -> u32 {
+        let id = self.child.id();
+        if !self.traced {
+            return id;
+        }
+        std::fs::read_to_string(format!("/proc/{id}/task/{id}/children"))
+            .ok()
+            .and_then(|s| s.split_whitespace().next()?.parse().ok())
+            .unwrap_or(id)
+    }
+
     fn signal(&self, sig: nix::sys::signal::Signal) {
-        let pid = nix::unistd::Pid::from_raw(i32::try_from(self.child.id()).unwrap());
+        let pid = nix::unistd::Pid::from_raw(i32::try_from(self.pid()).unwrap());
         nix::sys::signal::kill(pid, sig).unwrap();
     }
 }
@@ -253,8 +265,8 @@ async fn seccomp_relay_lives_its_whole_life_under_the_filter() {
     }
 
     // Every thread is filtered (mode 2), by both filters.
-    if !relay.traced && seccomp.is_empty() {
-        let t = threads(relay.child.id());
+    if seccomp.is_empty() {
+        let t = threads(relay.pid());
         assert!(t.len() > 1, "{t:?}");
         for (tid, mode, filters) in &t {
             assert_eq!(mode.as_deref(), Some("2"), "thread {tid}: {t:?}");
