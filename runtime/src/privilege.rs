@@ -7,7 +7,9 @@
 //! this happens on the main thread before the async runtime starts any
 //! thread, so every thread inherits the reduced credentials and the
 //! no-new-privileges flag. Running on as root needs `allow_root = true`,
-//! written out. See `docs/security.md`.
+//! written out. Right after this, still before any thread exists,
+//! `tlsgate run` confines itself to a system-call allow-list
+//! ([`crate::sandbox`], key `seccomp`). See `docs/security.md`.
 
 use std::net::TcpListener;
 use std::path::Path;
