@@ -111,8 +111,12 @@ impl PowerButtons {
     /// without blocking. True when the power key was pressed.
     pub fn poll(&mut self) -> bool {
         if self.last_scan.is_none_or(|t| t.elapsed() >= RESCAN_EVERY) {
+            let first = self.last_scan.is_none();
             self.scan(Path::new("/sys/class/input"), Path::new("/dev/input"));
             self.last_scan = Some(Instant::now());
+            if first && self.open.is_empty() {
+                log("no power button (no input device with KEY_POWER yet): power off over the management listener");
+            }
         }
         let mut pressed = false;
         let mut buf = [0u8; EVENT_SIZE * 32];

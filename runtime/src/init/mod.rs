@@ -23,7 +23,8 @@
 //! 8. on SIGTERM/SIGINT/SIGPWR, the management listener's `poweroff` or a
 //!    press of the power button ([`button`]: ACPI `Power Button`, or any
 //!    input device with `KEY_POWER`), stop the children (SIGTERM, then
-//!    SIGKILL after [`STOP_WINDOW`]), kill what is left, save the clock,
+//!    SIGKILL after [`settings::stop_window`]: 12 s with the appliance's
+//!    grace of 5 s), kill what is left, save the clock,
 //!    sync, unmount (or remount read-only), power off.
 //!
 //! The children start with an empty signal mask: the init blocks the
@@ -80,11 +81,6 @@ pub const CONFIG_MNT: &str = "/config";
 pub const DATA_MNT: &str = "/data";
 /// Run-time directory (tmpfs).
 pub const RUN_DIR: &str = "/run/tlsgate";
-/// How long the children get to stop after SIGTERM before SIGKILL. The
-/// relay takes at most its `shutdown_grace_secs` (5 s in the appliance's
-/// configuration) for open sessions, then up to 5 s for running delivery
-/// attempts; with nothing in flight it stops at once.
-pub const STOP_WINDOW: Duration = Duration::from_secs(12);
 
 /// Paths derived from the data partition.
 #[derive(Clone, Debug)]
@@ -548,7 +544,10 @@ fn shutdown(children: &mut [Supervised], layout: &Layout, data_ok: bool, stop: S
             let _ = kill(pid, Signal::SIGTERM);
         }
     }
-    let deadline = began + STOP_WINDOW;
+    let window = std::fs::read_to_string(&layout.relay_config)
+        .map(|text| settings::stop_window(&text))
+        .unwrap_or_else(|_| settings::stop_window(""));
+    let deadline = began + window;
     while children.iter().any(|c| c.pid.is_some()) && Instant::now() < deadline {
         match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
             Ok(WaitStatus::Exited(pid, _)) | Ok(WaitStatus::Signaled(pid, _, _)) => {
@@ -572,7 +571,7 @@ fn shutdown(children: &mut [Supervised], layout: &Layout, data_ok: bool, stop: S
             log(&format!(
                 "{} did not stop within {}s: killing it",
                 c.name,
-                STOP_WINDOW.as_secs()
+                window.as_secs()
             ));
             let _ = kill(pid, Signal::SIGKILL);
         }

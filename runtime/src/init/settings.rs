@@ -229,10 +229,55 @@ pub fn write_relay_config(
     std::fs::write(&layout.relay_config, text)
 }
 
+/// How long the init lets the relay stop after SIGTERM, from the relay
+/// configuration's `[limits] shutdown_grace_secs` (the relay's default
+/// when unset or unreadable): the relay waits up to the grace for open
+/// sessions, then up to `min(grace, 5 s)` for running delivery attempts;
+/// two more seconds of margin. 12 s for the appliance's grace of 5 s;
+/// capped at two minutes.
+pub fn stop_window(relay_config: &str) -> Duration {
+    let grace = toml::from_str::<toml::Table>(relay_config)
+        .ok()
+        .and_then(|t| t.get("limits")?.get("shutdown_grace_secs")?.as_integer())
+        .and_then(|g| u64::try_from(g).ok())
+        .unwrap_or_else(|| crate::config::Limits::default().shutdown_grace_secs);
+    Duration::from_secs((grace + grace.min(5) + 2).min(120))
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
     use super::*;
+
+    #[test]
+    fn the_stop_window_follows_the_relay_grace() {
+        let template = std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../image/files/tlsgate.toml.in"
+        ))
+        .unwrap();
+        let rendered = render_relay_config(
+            &template,
+            &ApplianceSettings::default(),
+            &Layout::new(Path::new("/data"), Path::new("/run/tlsgate")),
+            (None, None),
+            &[],
+        );
+        assert_eq!(stop_window(&rendered), Duration::from_secs(12));
+        assert_eq!(
+            stop_window("[limits]\nshutdown_grace_secs = 1\n"),
+            Duration::from_secs(4)
+        );
+        assert_eq!(
+            stop_window("[limits]\nshutdown_grace_secs = 100000\n"),
+            Duration::from_secs(120)
+        );
+        let default = crate::config::Limits::default().shutdown_grace_secs;
+        assert_eq!(
+            stop_window("not toml ["),
+            Duration::from_secs(default + default.min(5) + 2)
+        );
+    }
 
     #[test]
     fn defaults_mean_dhcp_and_manage_on_7025() {
