@@ -336,6 +336,21 @@ async fn destination_backoff_and_operator_retry() {
     transport
         .wait_for("the first attempt", |s| s.message_id == a.to_string())
         .await;
+    // The attempt has ended (and the runner knows dead.test is backing
+    // off) once the runner shows it finished.
+    let mut ended = false;
+    for _ in 0..600 {
+        if let Ok(Response::Message { message }) =
+            control::request(dir.path(), &Request::Show { id: a }).await
+        {
+            if !message.in_flight && message.summary.attempts == 1 {
+                ended = true;
+                break;
+            }
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert!(ended, "the first attempt ended");
 
     let b = enqueue(
         &spool,

@@ -28,13 +28,31 @@ impl DotStuffer {
 
     /// Appends `chunk`, dot-stuffed, to `out`.
     pub fn push(&mut self, chunk: &[u8], out: &mut Vec<u8>) {
-        for &b in chunk {
-            if self.at_line_start && b == b'.' {
+        out.reserve(chunk.len() + 16);
+        // Line by line: copy up to each LF, adding a dot before a line that
+        // starts with one.
+        let mut rest = chunk;
+        while let Some(&first) = rest.first() {
+            if self.at_line_start && first == b'.' {
                 out.push(b'.');
             }
-            out.push(b);
-            self.at_line_start = b == b'\n';
-            self.last = [self.last[1], b];
+            match rest.iter().position(|&b| b == b'\n') {
+                Some(i) => {
+                    out.extend_from_slice(&rest[..=i]);
+                    rest = &rest[i + 1..];
+                    self.at_line_start = true;
+                }
+                None => {
+                    out.extend_from_slice(rest);
+                    rest = &[];
+                    self.at_line_start = false;
+                }
+            }
+        }
+        match chunk {
+            [.., a, b] => self.last = [*a, *b],
+            [b] => self.last = [self.last[1], *b],
+            [] => {}
         }
     }
 

@@ -104,10 +104,15 @@ pub async fn run(
     if msg.state.is_done() && !notify_failed {
         // Delivered or failed and reported: no state to record, and the
         // removal need not be durable (a message that comes back after a
-        // crash is delivered again, never lost).
-        match spool.remove_done(&msg.id).await {
+        // crash is delivered again, never lost). The operator's bounce is
+        // made durable: a crash must not turn it into a delivery.
+        let removed = match mode {
+            Mode::Deliver => spool.remove_done(&msg.id).await,
+            Mode::Bounce => spool.remove(&msg.id).await,
+        };
+        match removed {
             Ok(()) | Err(SpoolError::NotFound(_)) => {
-                tracing::info!(id = %msg.id, "message done, removed from the queue");
+                tracing::debug!(id = %msg.id, "message done, removed from the queue");
                 return Outcome {
                     message: None,
                     domains,

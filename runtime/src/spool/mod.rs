@@ -16,10 +16,10 @@
 //! length, `fdatasync`s it, renames it into `queue/` and fsyncs `queue/`.
 //! Only then does it return the [`MessageId`]; any write, fsync or rename
 //! error is returned as an error (and the file is removed), never as a
-//! success. With [`SyncMode::Grouped`] (the default) concurrent commits
-//! share one fsync of `queue/`: a committer task takes every request
-//! waiting while the previous flush ran and serves them with a single
-//! `fsync`. A committed message is handed to the queue runner in memory
+//! success. The whole commit is one trip to the blocking pool. With
+//! [`SyncMode::Grouped`] (the default) concurrent commits share one fsync
+//! of `queue/`: a commit that finds a flush running waits for the next one,
+//! which the first of the waiters runs for all of them ([`DirSync`]). A committed message is handed to the queue runner in memory
 //! ([`Spool::take_arrivals`]), with its body while the spool's memory budget
 //! ([`CACHE_BUDGET`]) allows, so the first attempt reads nothing back.
 //!
@@ -69,7 +69,7 @@ use std::sync::{Arc, Mutex};
 
 use nix::fcntl::{Flock, FlockArg};
 use tokio::io::{AsyncWriteExt, BufWriter};
-use tokio::sync::{mpsc, oneshot, Notify};
+use tokio::sync::Notify;
 
 use crate::envelope::Envelope;
 use crate::transport::MessageBody;
@@ -285,16 +285,13 @@ pub struct Arrival {
     pub message: Option<StoredMessage>,
 }
 
-type FlushRequest = oneshot::Sender<Result<(), (io::ErrorKind, String)>>;
-
 struct Inner {
     dir: PathBuf,
     incoming: PathBuf,
     queue: PathBuf,
-    /// `queue/`, open for its fsyncs.
-    queue_dir: Arc<File>,
+    /// `queue/`, open for its fsyncs (shared by concurrent commits).
+    queue_dir: Arc<DirSync>,
     options: SpoolOptions,
-    committer: Option<mpsc::UnboundedSender<FlushRequest>>,
     /// Messages committed (or found at open) that the queue runner has not
     /// taken.
     arrivals: Mutex<Vec<Arrival>>,
@@ -339,11 +336,7 @@ impl Spool {
                 .await
                 .map_err(|e| SpoolError::Io(io::Error::other(e)))??
         };
-        let queue_dir = Arc::new(queue_dir);
-        let committer = match options.sync {
-            SyncMode::Grouped => Some(spawn_committer(queue_dir.clone())),
-            SyncMode::PerMessage => None,
-        };
+        let queue_dir = Arc::new(DirSync::new(queue_dir, options.sync));
         Ok(Spool {
             inner: Arc::new(Inner {
                 incoming: dir.join("incoming"),
@@ -351,7 +344,6 @@ impl Spool {
                 queue_dir,
                 dir,
                 options,
-                committer,
                 arrivals: Mutex::new(
                     found
                         .into_iter()
@@ -432,7 +424,7 @@ impl Spool {
     /// (available to unprivileged users, total) bytes of the spool's file
     /// system; `None` when `statvfs` fails.
     fn free_bytes(&self) -> Option<(u64, u64)> {
-        match nix::sys::statvfs::fstatvfs(&*self.inner.queue_dir) {
+        match nix::sys::statvfs::fstatvfs(&self.inner.queue_dir.dir) {
             Ok(s) => {
                 let unit = s.fragment_size();
                 Some((
@@ -533,32 +525,19 @@ impl Spool {
     /// the directory to reach the disk. A crash may bring it back; it is
     /// then delivered again (at-least-once), never lost.
     pub async fn remove_done(&self, id: &MessageId) -> Result<(), SpoolError> {
-        let path = self.message_path(id);
-        blocking(move || std::fs::remove_file(&path))
-            .await
-            .map_err(|e| match e {
-                SpoolError::Io(io) if io.kind() == io::ErrorKind::NotFound => {
-                    SpoolError::NotFound(*id)
-                }
-                other => other,
-            })
+        // One unlink: done in place rather than paying a blocking-pool
+        // round trip (as `Incoming`'s drop does).
+        match std::fs::remove_file(self.message_path(id)) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Err(SpoolError::NotFound(*id)),
+            Err(e) => Err(e.into()),
+        }
     }
 
-    /// Makes renames in `queue/` durable: a shared flush with
-    /// [`SyncMode::Grouped`], a flush of our own otherwise.
+    /// Makes renames in `queue/` durable (see [`DirSync`]).
     async fn sync_queue_dir(&self) -> Result<(), SpoolError> {
-        if let Some(tx) = &self.inner.committer {
-            let (reply, rx) = oneshot::channel();
-            if tx.send(reply).is_ok() {
-                return match rx.await {
-                    Ok(Ok(())) => Ok(()),
-                    Ok(Err((kind, msg))) => Err(io::Error::new(kind, msg).into()),
-                    Err(_) => Err(SpoolError::Io(io::Error::other("spool committer stopped"))),
-                };
-            }
-        }
         let dir = self.inner.queue_dir.clone();
-        blocking(move || dir.sync_all()).await
+        blocking(move || dir.sync()).await
     }
 
     fn announce(&self, arrival: Arrival) {
@@ -705,6 +684,7 @@ impl Incoming {
                 let mut bytes = std::mem::take(&mut self.buf);
                 bytes[file::BODY_LEN_AT..file::BODY_LEN_AT + 16].copy_from_slice(&len_field);
                 let to = dest.clone();
+                let dir = self.spool.inner.queue_dir.clone();
                 let bytes = blocking(move || {
                     let mut f = std::fs::OpenOptions::new()
                         .write(true)
@@ -714,6 +694,7 @@ impl Incoming {
                     f.sync_data()?;
                     drop(f);
                     std::fs::rename(&tmp, &to)?;
+                    dir.sync()?;
                     Ok(bytes)
                 })
                 .await?;
@@ -723,17 +704,18 @@ impl Incoming {
                 f.flush().await?;
                 let f = f.into_inner().into_std().await;
                 let to = dest.clone();
+                let dir = self.spool.inner.queue_dir.clone();
                 blocking(move || {
                     f.write_all_at(&len_field, file::BODY_LEN_AT as u64)?;
                     f.sync_data()?;
                     drop(f);
-                    std::fs::rename(&tmp, &to)
+                    std::fs::rename(&tmp, &to)?;
+                    dir.sync()
                 })
                 .await?;
                 None
             }
         };
-        self.spool.sync_queue_dir().await?;
         let body_offset = self.body_offset as u64;
         let log_end = body_offset + self.written;
         Ok(StoredMessage {
@@ -784,29 +766,83 @@ where
     }
 }
 
-/// The group committer: one `fsync(queue/)` for every request that queued
-/// up while the previous one ran.
-fn spawn_committer(queue_dir: Arc<File>) -> mpsc::UnboundedSender<FlushRequest> {
-    let (tx, mut rx) = mpsc::unbounded_channel::<FlushRequest>();
-    tokio::spawn(async move {
-        let mut batch = Vec::new();
-        while let Some(first) = rx.recv().await {
-            batch.push(first);
-            while let Ok(more) = rx.try_recv() {
-                batch.push(more);
-            }
-            let dir = queue_dir.clone();
-            let result = match tokio::task::spawn_blocking(move || dir.sync_all()).await {
-                Ok(r) => r,
-                Err(e) => Err(io::Error::other(e)),
-            };
-            let result = result.map_err(|e| (e.kind(), e.to_string()));
-            for reply in batch.drain(..) {
-                let _ = reply.send(result.clone());
-            }
+/// fsyncs of `queue/`, shared by concurrent commits with
+/// [`SyncMode::Grouped`]: a caller needs a flush that *starts* after its
+/// rename; if one is running it waits for it to end, then the first waiter
+/// runs the next flush for everyone who arrived meanwhile. Runs on
+/// blocking-pool threads (it waits on a condition variable).
+pub struct DirSync {
+    dir: File,
+    mode: SyncMode,
+    state: Mutex<DirSyncState>,
+    done: std::sync::Condvar,
+}
+
+#[derive(Default)]
+struct DirSyncState {
+    /// Flushes started / finished (a generation counter).
+    started: u64,
+    finished: u64,
+    running: bool,
+    /// The last generation that failed, and how.
+    failed: Option<(u64, io::ErrorKind, String)>,
+}
+
+impl DirSync {
+    fn new(dir: File, mode: SyncMode) -> DirSync {
+        DirSync {
+            dir,
+            mode,
+            state: Mutex::new(DirSyncState::default()),
+            done: std::sync::Condvar::new(),
         }
-    });
-    tx
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, DirSyncState> {
+        match self.state.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        }
+    }
+
+    /// Returns once a flush of the directory that started after this call
+    /// has succeeded.
+    pub fn sync(&self) -> io::Result<()> {
+        if self.mode == SyncMode::PerMessage {
+            return self.dir.sync_all();
+        }
+        let mut st = self.lock();
+        let want = st.started + 1;
+        loop {
+            if st.finished >= want {
+                return match &st.failed {
+                    Some((generation, kind, msg)) if *generation >= want => {
+                        Err(io::Error::new(*kind, msg.clone()))
+                    }
+                    _ => Ok(()),
+                };
+            }
+            if st.running {
+                st = match self.done.wait(st) {
+                    Ok(g) => g,
+                    Err(p) => p.into_inner(),
+                };
+                continue;
+            }
+            st.running = true;
+            st.started += 1;
+            let generation = st.started;
+            drop(st);
+            let result = self.dir.sync_all();
+            st = self.lock();
+            st.running = false;
+            st.finished = generation;
+            if let Err(e) = &result {
+                st.failed = Some((generation, e.kind(), e.to_string()));
+            }
+            self.done.notify_all();
+        }
+    }
 }
 
 fn open_blocking(dir: &Path) -> Result<(Flock<File>, File, Vec<MessageId>), SpoolError> {
