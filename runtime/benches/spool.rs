@@ -2,9 +2,13 @@
 //! i.e. durable) with 1, 20 and 100 concurrent writers, with and without
 //! group commit.
 //!
+//! Each message is one file (`queue/<id>.qm`): written with one `write`
+//! when the body fits in `spool::MEMORY_BODY_LIMIT`, streamed otherwise.
+//!
 //! `cargo bench -p tlsgate --bench spool` (set `SPOOL_BENCH_DIR` to put the
 //! spool on the file system you want to measure; default: the system temp
-//! dir; `SPOOL_BENCH_SECS` per run, default 3).
+//! dir; `SPOOL_BENCH_SECS` per run, default 3; `SPOOL_BENCH_SIZE` body
+//! bytes, default 4096: above 65536 the streamed path is measured).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::net::{IpAddr, Ipv4Addr};
@@ -77,14 +81,19 @@ fn main() {
     body.extend_from_slice(
         b"From: <sender@sender.test>\r\nTo: <rcpt@example.com>\r\nSubject: bench\r\n\r\n",
     );
-    while body.len() < 4096 {
+    let size: usize = std::env::var("SPOOL_BENCH_SIZE")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(4096);
+    while body.len() < size {
         body.extend_from_slice(
             b"0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcd\r\n",
         );
     }
     let body = Arc::new(body);
     println!(
-        "spool bench: 4 KiB messages, {secs} s per run, acknowledged (durable) messages per second"
+        "spool bench: {} byte messages, {secs} s per run, acknowledged (durable) messages per second",
+        body.len()
     );
     for writers in [1usize, 20, 100] {
         for (name, mode) in [
