@@ -277,5 +277,10 @@ mod tests {
         assert_eq!(c.limits, Limits::default());
         assert!(c.dns.name_servers.is_empty());
         assert!(c.seccomp, "seccomp is on by default");
+        let off = Config::parse(
+            "hostname = \"gw.example.net\"\nspool_dir = \"/s\"\nstate_dir = \"/t\"\npolicy = \"/p\"\ntrusted_keys = [\"/k\"]\nseccomp = false\n",
+        )
+        .unwrap();
+        assert!(!off.seccomp);
     }
 }
