@@ -232,9 +232,9 @@ pub fn write_relay_config(
 /// How long the init lets the relay stop after SIGTERM, from the relay
 /// configuration's `[limits] shutdown_grace_secs` (the relay's default
 /// when unset or unreadable): the relay waits up to the grace for open
-/// sessions, then up to `min(grace, 5 s)` for running delivery attempts;
-/// two more seconds of margin. 12 s for the appliance's grace of 5 s;
-/// capped at two minutes.
+/// sessions (its delivery attempts get the same grace, at the same time),
+/// then at most 5 s for its tasks to end; two more seconds of margin.
+/// 12 s for the appliance's grace of 5 s; capped at two minutes.
 pub fn stop_window(relay_config: &str) -> Duration {
     let grace = toml::from_str::<toml::Table>(relay_config)
         .ok()
