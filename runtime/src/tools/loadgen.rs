@@ -120,6 +120,9 @@ pub struct LoadReport {
     pub slow: BTreeMap<String, usize>,
     /// How abusive connections ended, by kind of attack.
     pub abusive: BTreeMap<String, usize>,
+    /// Slow connections still open when the run ended: the server never
+    /// cut them.
+    pub slow_open_at_end: usize,
 }
 
 impl LoadReport {
@@ -155,6 +158,13 @@ impl std::fmt::Display for LoadReport {
                 let parts: Vec<String> = tally.iter().map(|(k, n)| format!("{k}: {n}")).collect();
                 write!(f, "\n{what} connections ended: {}", parts.join(", "))?;
             }
+        }
+        if self.slow_open_at_end > 0 {
+            write!(
+                f,
+                "\n{} slow connections still open at the end (never cut)",
+                self.slow_open_at_end
+            )?;
         }
         Ok(())
     }
@@ -266,6 +276,10 @@ async fn good_worker(shared: Arc<Shared>, until: Option<Instant>) -> GoodResult 
                 let done = out.acknowledged.len() + out.failed - before;
                 out.failed += shared.args.messages.saturating_sub(done);
                 out.errors.push(e);
+                if until.is_some() {
+                    // No hot loop against a server that refuses us.
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
             }
         }
         if until.is_none_or(|u| Instant::now() >= u) {
@@ -443,15 +457,23 @@ async fn slow_session(shared: &Shared, in_data: bool, n: usize) -> io::Result<St
     }
 }
 
-async fn slow_worker(shared: Arc<Shared>, i: usize, mut stop: watch::Receiver<bool>) -> Tally {
+async fn slow_worker(
+    shared: Arc<Shared>,
+    i: usize,
+    mut stop: watch::Receiver<bool>,
+) -> (Tally, usize) {
     let mut t = Tally::new();
+    let mut open = 0;
     let mut n = 0;
     while !*stop.borrow() {
         n += 1;
         let session = slow_session(&shared, i % 2 == 1, i * 1_000_000 + n);
         let r = tokio::select! {
             r = session => r,
-            _ = stop.wait_for(|s| *s) => break,
+            _ = stop.wait_for(|s| *s) => {
+                open = 1;
+                break;
+            }
         };
         match r {
             Ok(label) => tally(&mut t, label),
@@ -461,7 +483,7 @@ async fn slow_worker(shared: Arc<Shared>, i: usize, mut stop: watch::Receiver<bo
             }
         }
     }
-    t
+    (t, open)
 }
 
 fn args_pause(shared: &Shared) -> u64 {
@@ -602,11 +624,14 @@ pub async fn run(args: LoadgenArgs) -> Result<LoadReport, String> {
     let mut hostile = tokio::task::JoinSet::new();
     for i in 0..args.soak.slow {
         let w = slow_worker(shared.clone(), i, stop_rx.clone());
-        hostile.spawn(async move { (true, w.await) });
+        hostile.spawn(async move {
+            let (t, open) = w.await;
+            (true, t, open)
+        });
     }
     for i in 0..args.soak.abusive {
         let w = abusive_worker(shared.clone(), i, stop_rx.clone());
-        hostile.spawn(async move { (false, w.await) });
+        hostile.spawn(async move { (false, w.await, 0) });
     }
     let mut tasks = tokio::task::JoinSet::new();
     for _ in 0..args.sessions {
@@ -625,6 +650,7 @@ pub async fn run(args: LoadgenArgs) -> Result<LoadReport, String> {
         acknowledged: Vec::new(),
         slow: BTreeMap::new(),
         abusive: BTreeMap::new(),
+        slow_open_at_end: 0,
     };
     while let Some(r) = tasks.join_next().await {
         let r = r.map_err(|e| e.to_string())?;
@@ -642,7 +668,8 @@ pub async fn run(args: LoadgenArgs) -> Result<LoadReport, String> {
     report.elapsed = start.elapsed();
     let _ = stop.send(true);
     while let Some(r) = hostile.join_next().await {
-        let (slow, t) = r.map_err(|e| e.to_string())?;
+        let (slow, t, open) = r.map_err(|e| e.to_string())?;
+        report.slow_open_at_end += open;
         let into = if slow {
             &mut report.slow
         } else {
