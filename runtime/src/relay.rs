@@ -211,10 +211,13 @@ impl Relay {
         &self.listen
     }
 
-    /// Stops accepting, lets sessions finish up to the grace period, stops
-    /// the background tasks.
+    /// Stops accepting, lets sessions and deliveries in flight finish
+    /// within one grace period (counted from now; at most one second
+    /// more in all), then stops the background tasks. A delivery cut
+    /// short stays queued.
     pub async fn shutdown(mut self) {
         tracing::info!("shutting down");
+        let end = tokio::time::Instant::now() + self.grace;
         let _ = self.shutdown.send(true);
         if !self.server.drain(self.grace).await {
             tracing::warn!(
@@ -222,7 +225,10 @@ impl Relay {
                 "sessions still open after the grace period"
             );
         }
-        let deadline = tokio::time::sleep(Duration::from_secs(5));
+        // The tasks saw the signal with the sessions and stop within the
+        // same grace period (the queue runner's own); one second more lets
+        // the runner record what its cut-short deliveries left queued.
+        let deadline = tokio::time::sleep_until(end + Duration::from_secs(1));
         tokio::pin!(deadline);
         loop {
             tokio::select! {
