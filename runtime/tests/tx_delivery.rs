@@ -1100,3 +1100,212 @@ async fn t17_static_route_by_ip_needs_no_dns() {
     let reason = temporary(&r).unwrap_or_else(|| panic!("{r:?}"));
     assert!(reason.contains("no DNS resolver"), "{reason}");
 }
+
+// ------------------------------------------------- PIPELINING (RFC 2920)
+
+/// The group of command lines that arrived with the first MAIL of the
+/// session (one read from the socket).
+fn group_with_mail(server: &smtp::Server) -> Vec<String> {
+    server
+        .reads()
+        .into_iter()
+        .find(|g| {
+            g.iter()
+                .any(|l| l.to_ascii_uppercase().starts_with("MAIL FROM"))
+        })
+        .unwrap_or_else(|| panic!("no MAIL seen: {:?}", server.reads()))
+}
+
+fn pipelining(b: Behaviour) -> Behaviour {
+    Behaviour {
+        pipelining: true,
+        ..b
+    }
+}
+
+#[tokio::test]
+async fn pipelining_sends_mail_rcpts_and_data_in_one_write() {
+    let server = smtp::start(
+        "127.0.0.1:0",
+        pipelining(Behaviour {
+            tls: Some(pki::self_signed(&["localhost"])),
+            ..Behaviour::default()
+        }),
+    )
+    .await;
+    let p = routed(None, "127.0.0.1", server.addr.port());
+    let d = deliverer(config(None, &[]));
+    let r = deliver(&d, &p, &["a@example.test", "b@example.test"], true).await;
+    assert!(all_delivered(&r), "{r:?}");
+    assert_eq!(server.seen.lock().unwrap().message_over_tls, vec![true]);
+    assert_eq!(server.messages(), vec![body().into_bytes()]);
+    let group = group_with_mail(&server);
+    assert_eq!(group.len(), 4, "{group:?}");
+    assert!(group[0].starts_with("MAIL FROM:<a@corp.test>"), "{group:?}");
+    assert_eq!(group[1], "RCPT TO:<a@example.test>");
+    assert_eq!(group[2], "RCPT TO:<b@example.test>");
+    assert_eq!(group[3], "DATA");
+    // The pooled connection carries a second pipelined transaction.
+    let r = deliver(&d, &p, &["c@example.test"], true).await;
+    assert!(all_delivered(&r), "{r:?}");
+    assert_eq!(server.connections(), 1);
+    assert_eq!(server.messages().len(), 2);
+}
+
+#[tokio::test]
+async fn without_pipelining_commands_go_one_by_one() {
+    let server = smtp::start("127.0.0.1:0", Behaviour::default()).await;
+    let p = routed(None, "127.0.0.1", server.addr.port());
+    let r = deliver(
+        &deliverer(config(None, &[])),
+        &p,
+        &["a@example.test", "b@example.test"],
+        false,
+    )
+    .await;
+    assert!(all_delivered(&r), "{r:?}");
+    assert_eq!(group_with_mail(&server).len(), 1);
+}
+
+/// Delivers to one accepted, one 550'd and one 450'd recipient.
+async fn mixed_recipients(b: Behaviour) -> (tlsgate::transport::DeliveryReport, smtp::Server) {
+    let server = smtp::start(
+        "127.0.0.1:0",
+        Behaviour {
+            rcpt_replies: vec![
+                ("gone@", "550 5.1.1 no such user"),
+                ("busy@", "450 4.2.1 mailbox busy"),
+            ],
+            ..b
+        },
+    )
+    .await;
+    let p = routed(None, "127.0.0.1", server.addr.port());
+    let r = deliver(
+        &deliverer(config(None, &[])),
+        &p,
+        &["gone@example.test", "ok@example.test", "busy@example.test"],
+        false,
+    )
+    .await;
+    (r, server)
+}
+
+#[tokio::test]
+async fn pipelining_keeps_per_recipient_outcomes() {
+    let (lockstep, _) = mixed_recipients(Behaviour::default()).await;
+    let (piped, server) = mixed_recipients(pipelining(Behaviour::default())).await;
+    assert_eq!(group_with_mail(&server).len(), 5);
+    for r in [&lockstep, &piped] {
+        assert!(
+            matches!(&r.outcomes[0].1, RecipientOutcome::Permanent { reason } if reason.contains("550 5.1.1")),
+            "{r:?}"
+        );
+        assert_eq!(r.outcomes[1].1, RecipientOutcome::Delivered, "{r:?}");
+        assert!(
+            matches!(&r.outcomes[2].1, RecipientOutcome::Temporary { reason } if reason.contains("450 4.2.1")),
+            "{r:?}"
+        );
+    }
+    // The same outcomes but for the port in the reasons.
+    let kinds = |r: &tlsgate::transport::DeliveryReport| -> Vec<String> {
+        r.outcomes
+            .iter()
+            .map(|(rcpt, o)| {
+                let o = format!("{o:?}");
+                let said = o.find(" said: ").map_or(o.as_str(), |i| &o[i..]);
+                format!("{rcpt} {} {said}", o.split(' ').next().unwrap_or(""))
+            })
+            .collect()
+    };
+    assert_eq!(kinds(&lockstep), kinds(&piped));
+    assert_eq!(server.messages(), vec![body().into_bytes()]);
+}
+
+/// Two recipients, both refused (550 and 450), on a pipelining server;
+/// then a second delivery with the same deliverer.
+async fn all_refused(b: Behaviour) {
+    let server = smtp::start(
+        "127.0.0.1:0",
+        pipelining(Behaviour {
+            rcpt_replies: vec![
+                ("gone@", "550 5.1.1 no such user"),
+                ("busy@", "450 4.2.1 mailbox busy"),
+            ],
+            ..b
+        }),
+    )
+    .await;
+    let p = routed(None, "127.0.0.1", server.addr.port());
+    let d = deliverer(config(None, &[]));
+    let r = deliver(&d, &p, &["gone@example.test", "busy@example.test"], false).await;
+    assert!(
+        matches!(&r.outcomes[0].1, RecipientOutcome::Permanent { reason } if reason.contains("550 5.1.1")),
+        "{r:?}"
+    );
+    assert!(
+        matches!(&r.outcomes[1].1, RecipientOutcome::Temporary { reason } if reason.contains("450 4.2.1")),
+        "{r:?}"
+    );
+    assert_eq!(group_with_mail(&server).len(), 4);
+    assert!(
+        !server.received_text(MARKER),
+        "no byte of the message may reach the server"
+    );
+    assert!(server.messages().iter().all(|m| m.is_empty()));
+    // The connection is still in step: the next message goes through on it.
+    let r = deliver(&d, &p, &["ok@example.test"], false).await;
+    assert!(all_delivered(&r), "{r:?}");
+    assert_eq!(server.connections(), 1);
+    assert_eq!(server.messages().last().cloned(), Some(body().into_bytes()));
+}
+
+#[tokio::test]
+async fn pipelining_all_recipients_refused_data_refused_with_554() {
+    all_refused(Behaviour::default()).await;
+}
+
+#[tokio::test]
+async fn pipelining_all_recipients_refused_but_data_answered_354() {
+    // RFC 2920 §3.1: the client ends the data at once with a lone `.`.
+    all_refused(Behaviour {
+        data_354_without_rcpt: true,
+        ..Behaviour::default()
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn pipelining_mail_refused_gives_every_recipient_that_outcome() {
+    for (reply, permanent_outcome) in [
+        ("550 5.7.1 sender refused", true),
+        ("451 4.3.0 queue full, try later", false),
+    ] {
+        let server = smtp::start(
+            "127.0.0.1:0",
+            pipelining(Behaviour {
+                mail_reply: Some(reply),
+                ..Behaviour::default()
+            }),
+        )
+        .await;
+        let p = routed(None, "127.0.0.1", server.addr.port());
+        let d = deliverer(config(None, &[]));
+        let r = deliver(&d, &p, &["a@example.test", "b@example.test"], false).await;
+        assert_eq!(r.outcomes.len(), 2);
+        for (_, o) in &r.outcomes {
+            match o {
+                RecipientOutcome::Permanent { reason } if permanent_outcome => {
+                    assert!(reason.contains(reply), "{reason}")
+                }
+                RecipientOutcome::Temporary { reason } if !permanent_outcome => {
+                    assert!(reason.contains(reply), "{reason}")
+                }
+                other => panic!("{reply}: {other:?}"),
+            }
+        }
+        assert_eq!(group_with_mail(&server).len(), 4);
+        assert!(server.messages().is_empty());
+        assert!(!server.received_text(MARKER));
+    }
+}

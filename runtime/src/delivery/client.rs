@@ -83,6 +83,29 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
         }
     }
 
+    /// Sends several command lines (CRLF added to each) in one write, so
+    /// that inside TLS they travel in one record (PIPELINING, RFC 2920).
+    pub async fn send_group(
+        &mut self,
+        lines: &[String],
+        limit: Duration,
+    ) -> Result<(), SessionError> {
+        let mut bytes = Vec::with_capacity(lines.iter().map(|l| l.len() + 2).sum());
+        for line in lines {
+            bytes.extend_from_slice(line.as_bytes());
+            bytes.extend_from_slice(b"\r\n");
+        }
+        match timeout(limit, async {
+            self.stream.write_all(&bytes).await?;
+            self.stream.flush().await
+        })
+        .await
+        {
+            Ok(r) => Ok(r?),
+            Err(_) => Err(SessionError::Timeout("the server to accept a command")),
+        }
+    }
+
     /// Sends a command and reads its reply.
     pub async fn command(
         &mut self,

@@ -438,8 +438,36 @@ fn outcome_of(reply: &Reply, label: &str) -> RecipientOutcome {
     }
 }
 
-/// MAIL, RCPT per recipient, DATA with the streamed body. The flag says
-/// whether the connection can carry another transaction.
+type Slots = Vec<(String, Option<RecipientOutcome>)>;
+
+/// The outcome of an I/O failure at `stage`.
+fn io_fail(label: &str, e: SessionError, stage: &str) -> RecipientOutcome {
+    RecipientOutcome::Temporary {
+        reason: format!("4.4.2 {label}: {e} ({stage})"),
+    }
+}
+
+/// Every recipient without an outcome yet gets `rest`.
+fn finish(
+    outcomes: Slots,
+    rest: RecipientOutcome,
+    healthy: bool,
+) -> (Vec<(String, RecipientOutcome)>, bool) {
+    let v = outcomes
+        .into_iter()
+        .map(|(r, o)| (r, o.unwrap_or_else(|| rest.clone())))
+        .collect::<Vec<_>>();
+    (v, healthy)
+}
+
+/// 421: the server is closing the connection.
+fn usable(r: &Reply) -> bool {
+    r.code != 421
+}
+
+/// MAIL, RCPT per recipient, DATA with the streamed body: in one write
+/// when the server offers PIPELINING (RFC 2920), else command by command.
+/// The flag says whether the connection can carry another transaction.
 async fn transact<S: AsyncRead + AsyncWrite + Unpin + Send>(
     conn: &mut Conn<S>,
     ehlo: &Reply,
@@ -447,34 +475,34 @@ async fn transact<S: AsyncRead + AsyncWrite + Unpin + Send>(
     job: &DeliveryJob<'_>,
     label: &str,
 ) -> (Vec<(String, RecipientOutcome)>, bool) {
-    let t = &cfg.timeouts;
-    let mut outcomes: Vec<(String, Option<RecipientOutcome>)> =
-        job.recipients.iter().map(|r| (r.clone(), None)).collect();
-    let io_fail = |e: SessionError, stage: &str| RecipientOutcome::Temporary {
-        reason: format!("4.4.2 {label}: {e} ({stage})"),
-    };
-    let finish = |outcomes: Vec<(String, Option<RecipientOutcome>)>,
-                  rest: RecipientOutcome,
-                  healthy: bool| {
-        let v = outcomes
-            .into_iter()
-            .map(|(r, o)| (r, o.unwrap_or_else(|| rest.clone())))
-            .collect::<Vec<_>>();
-        (v, healthy)
-    };
-    // 421: the server is closing the connection.
-    let usable = |r: &Reply| r.code != 421;
-
+    let outcomes: Slots = job.recipients.iter().map(|r| (r.clone(), None)).collect();
     let mut mail = format!("MAIL FROM:<{}>", job.mail_from);
     if ehlo.has_keyword("SIZE") {
         if let Ok(len) = job.body.len().await {
             mail.push_str(&format!(" SIZE={len}"));
         }
     }
+    if ehlo.has_keyword("PIPELINING") {
+        transact_pipelined(conn, mail, outcomes, cfg, job, label).await
+    } else {
+        transact_lockstep(conn, mail, outcomes, cfg, job, label).await
+    }
+}
+
+/// The transaction one command at a time.
+async fn transact_lockstep<S: AsyncRead + AsyncWrite + Unpin + Send>(
+    conn: &mut Conn<S>,
+    mail: String,
+    mut outcomes: Slots,
+    cfg: &DeliveryConfig,
+    job: &DeliveryJob<'_>,
+    label: &str,
+) -> (Vec<(String, RecipientOutcome)>, bool) {
+    let t = &cfg.timeouts;
     match conn.command(&mail, t.command, "the reply to MAIL").await {
         Ok(r) if r.is_positive() => {}
         Ok(r) => return finish(outcomes, outcome_of(&r, label), usable(&r)),
-        Err(e) => return finish(outcomes, io_fail(e, "MAIL"), false),
+        Err(e) => return finish(outcomes, io_fail(label, e, "MAIL"), false),
     }
     let mut accepted = 0usize;
     let mut healthy = true;
@@ -488,24 +516,121 @@ async fn transact<S: AsyncRead + AsyncWrite + Unpin + Send>(
                 healthy &= usable(&r);
                 *slot = Some(outcome_of(&r, label));
             }
-            Err(e) => return finish(outcomes, io_fail(e, "RCPT"), false),
+            Err(e) => return finish(outcomes, io_fail(label, e, "RCPT"), false),
         }
     }
     if accepted == 0 {
-        return finish(
-            outcomes,
-            RecipientOutcome::Temporary {
-                reason: format!("4.4.2 {label}: no recipient accepted"),
-            },
-            healthy,
-        );
+        return finish(outcomes, none_accepted(label), healthy);
     }
     match conn.command("DATA", t.command, "the reply to DATA").await {
         Ok(r) if r.code == 354 => {}
         Ok(r) => return finish(outcomes, outcome_of(&r, label), healthy && usable(&r)),
-        Err(e) => return finish(outcomes, io_fail(e, "DATA"), false),
+        Err(e) => return finish(outcomes, io_fail(label, e, "DATA"), false),
     }
-    let (rest, ok) = match conn.send_body(job.body, t.data, t.data).await {
+    let (rest, ok) = body_outcome(conn, cfg, job, label).await;
+    finish(outcomes, rest, healthy && ok)
+}
+
+fn none_accepted(label: &str) -> RecipientOutcome {
+    RecipientOutcome::Temporary {
+        reason: format!("4.4.2 {label}: no recipient accepted"),
+    }
+}
+
+/// MAIL, every RCPT and DATA in one write (one TLS record), then the
+/// replies in order. Every command of the group is answered, also after a
+/// refused MAIL (RCPT and DATA then get `503`), so all replies are read to
+/// keep the connection in step. A `354` to DATA although MAIL or every
+/// RCPT was refused gets an empty message (`.` alone, RFC 2920 §3.1)
+/// and the transaction counts as failed.
+async fn transact_pipelined<S: AsyncRead + AsyncWrite + Unpin + Send>(
+    conn: &mut Conn<S>,
+    mail: String,
+    mut outcomes: Slots,
+    cfg: &DeliveryConfig,
+    job: &DeliveryJob<'_>,
+    label: &str,
+) -> (Vec<(String, RecipientOutcome)>, bool) {
+    let t = &cfg.timeouts;
+    let mut group = Vec::with_capacity(outcomes.len() + 2);
+    group.push(mail);
+    group.extend(outcomes.iter().map(|(rcpt, _)| format!("RCPT TO:<{rcpt}>")));
+    group.push("DATA".to_string());
+    if let Err(e) = conn.send_group(&group, t.command).await {
+        return finish(outcomes, io_fail(label, e, "MAIL"), false);
+    }
+    let mail_reply = match conn.read_reply(t.command, "the reply to MAIL").await {
+        Ok(r) => r,
+        Err(e) => return finish(outcomes, io_fail(label, e, "MAIL"), false),
+    };
+    if !usable(&mail_reply) {
+        return finish(outcomes, outcome_of(&mail_reply, label), false);
+    }
+    let mail_ok = mail_reply.is_positive();
+    let mut accepted = 0usize;
+    for i in 0..outcomes.len() {
+        let r = match conn.read_reply(t.command, "the reply to RCPT").await {
+            Ok(r) => r,
+            Err(e) => return finish(outcomes, io_fail(label, e, "RCPT"), false),
+        };
+        if !usable(&r) {
+            // The server is going away: no more replies will come.
+            let rest = if mail_ok {
+                outcome_of(&r, label)
+            } else {
+                outcome_of(&mail_reply, label)
+            };
+            if mail_ok {
+                outcomes[i].1 = Some(rest.clone());
+            }
+            return finish(outcomes, rest, false);
+        }
+        if !mail_ok {
+            // `503` after the refused MAIL: the MAIL reply decides.
+            continue;
+        }
+        if r.is_positive() {
+            accepted += 1;
+        } else {
+            outcomes[i].1 = Some(outcome_of(&r, label));
+        }
+    }
+    let data = match conn.read_reply(t.command, "the reply to DATA").await {
+        Ok(r) => r,
+        Err(e) => return finish(outcomes, io_fail(label, e, "DATA"), false),
+    };
+    if !mail_ok || accepted == 0 {
+        let mut healthy = usable(&data);
+        if data.code == 354 {
+            let ended = conn
+                .send_body(crate::transport::MessageBody::Memory(b""), t.data, t.data)
+                .await;
+            healthy = matches!(ended, Ok(r) if usable(&r));
+        }
+        let rest = if mail_ok {
+            none_accepted(label)
+        } else {
+            outcome_of(&mail_reply, label)
+        };
+        return finish(outcomes, rest, healthy);
+    }
+    if data.code != 354 {
+        return finish(outcomes, outcome_of(&data, label), usable(&data));
+    }
+    let (rest, ok) = body_outcome(conn, cfg, job, label).await;
+    finish(outcomes, rest, ok)
+}
+
+/// Streams the body after a `354` and turns the reply to the end of data
+/// into the outcome of the accepted recipients.
+async fn body_outcome<S: AsyncRead + AsyncWrite + Unpin + Send>(
+    conn: &mut Conn<S>,
+    cfg: &DeliveryConfig,
+    job: &DeliveryJob<'_>,
+    label: &str,
+) -> (RecipientOutcome, bool) {
+    let t = &cfg.timeouts;
+    match conn.send_body(job.body, t.data, t.data).await {
         Ok(r) if r.is_positive() => (RecipientOutcome::Delivered, true),
         Ok(r) => (outcome_of(&r, label), usable(&r)),
         Err(SessionError::Spool(e)) => (
@@ -514,7 +639,6 @@ async fn transact<S: AsyncRead + AsyncWrite + Unpin + Send>(
             },
             false,
         ),
-        Err(e) => (io_fail(e, "end of data"), false),
-    };
-    finish(outcomes, rest, healthy && ok)
+        Err(e) => (io_fail(label, e, "end of data"), false),
+    }
 }

@@ -39,6 +39,12 @@ pub struct Behaviour {
     pub rcpt_replies: Vec<(&'static str, &'static str)>,
     /// Banner line (default `220 mx.test ESMTP`).
     pub banner: Option<&'static str>,
+    /// Advertise PIPELINING; DATA without an accepted recipient is then
+    /// answered `554` (as RFC 2920 servers do), MAIL refused → `503`s.
+    pub pipelining: bool,
+    /// With `pipelining`: answer DATA with `354` even when no recipient
+    /// was accepted (a sloppy server).
+    pub data_354_without_rcpt: bool,
 }
 
 /// What the server saw.
@@ -53,6 +59,10 @@ pub struct Seen {
     pub message_over_tls: Vec<bool>,
     /// SNI of each TLS handshake that completed.
     pub sni: Vec<Option<String>>,
+    /// The command lines completed by each read from the socket, in order
+    /// (lines of a message body are not recorded): commands sent in one
+    /// write arrive as one group.
+    pub reads: Vec<Vec<String>>,
 }
 
 #[derive(Clone)]
@@ -73,6 +83,10 @@ impl Server {
     }
     pub fn messages(&self) -> Vec<Vec<u8>> {
         self.seen.lock().unwrap().messages.clone()
+    }
+    /// The groups of command lines that arrived in one read.
+    pub fn reads(&self) -> Vec<Vec<String>> {
+        self.seen.lock().unwrap().reads.clone()
     }
     pub fn connections(&self) -> usize {
         self.seen.lock().unwrap().connections
@@ -140,7 +154,13 @@ async fn say(s: &mut Box<dyn Rw>, b: &Behaviour, text: &str) -> std::io::Result<
     }
 }
 
-async fn read_line(s: &mut Box<dyn Rw>, buf: &mut Vec<u8>) -> Option<String> {
+/// Reads one line; when `reads` is given, records the complete lines each
+/// socket read brought.
+async fn read_line(
+    s: &mut Box<dyn Rw>,
+    buf: &mut Vec<u8>,
+    reads: Option<&Mutex<Seen>>,
+) -> Option<String> {
     loop {
         if let Some(i) = buf.iter().position(|&c| c == b'\n') {
             let line: Vec<u8> = buf.drain(..=i).collect();
@@ -153,6 +173,24 @@ async fn read_line(s: &mut Box<dyn Rw>, buf: &mut Vec<u8>) -> Option<String> {
             return None;
         }
         buf.extend_from_slice(&tmp[..n]);
+        if let Some(seen) = reads {
+            // The lines completed by this read (a partial line left in the
+            // buffer before it is counted with its end).
+            let before = buf.len() - n;
+            let start = buf[..before]
+                .iter()
+                .rposition(|&c| c == b'\n')
+                .map_or(0, |i| i + 1);
+            let end = buf.iter().rposition(|&c| c == b'\n').map_or(0, |i| i + 1);
+            if end > start && end > before {
+                let lines = String::from_utf8_lossy(&buf[start..end])
+                    .split("\r\n")
+                    .filter(|l| !l.is_empty())
+                    .map(str::to_string)
+                    .collect();
+                seen.lock().unwrap().reads.push(lines);
+            }
+        }
     }
 }
 
@@ -171,7 +209,10 @@ async fn session(
         &format!("{}\r\n", b.banner.unwrap_or("220 mx.test ESMTP")),
     )
     .await?;
-    while let Some(line) = read_line(&mut s, &mut buf).await {
+    // Recipients accepted in the current transaction; whether MAIL was.
+    let mut accepted = 0usize;
+    let mut in_mail = false;
+    while let Some(line) = read_line(&mut s, &mut buf, Some(seen)).await {
         seen.lock().unwrap().lines.push(line.clone());
         let up = line.to_ascii_uppercase();
         if up.starts_with("EHLO") {
@@ -186,6 +227,9 @@ async fn session(
                 let mut r = String::from("250-mx.test hello\r\n250-SIZE 10000000\r\n");
                 if acceptor.is_some() && !tls {
                     r.push_str("250-STARTTLS\r\n");
+                }
+                if b.pipelining {
+                    r.push_str("250-PIPELINING\r\n");
                 }
                 r.push_str("250 8BITMIME\r\n");
                 say(&mut s, b, &r).await?;
@@ -223,6 +267,8 @@ async fn session(
             tls = true;
         } else if up.starts_with("MAIL FROM") {
             let reply = b.mail_reply.unwrap_or("250 2.1.0 ok");
+            in_mail = reply.starts_with('2');
+            accepted = 0;
             say(&mut s, b, &format!("{reply}\r\n")).await?;
         } else if up.starts_with("RCPT TO") {
             let reply = b
@@ -231,12 +277,30 @@ async fn session(
                 .find(|(r, _)| line.contains(r))
                 .map(|(_, reply)| *reply)
                 .unwrap_or("250 2.1.5 ok");
+            if b.pipelining && !in_mail {
+                say(&mut s, b, "503 5.5.1 MAIL first\r\n").await?;
+                continue;
+            }
+            if reply.starts_with('2') {
+                accepted += 1;
+            }
             say(&mut s, b, &format!("{reply}\r\n")).await?;
         } else if up == "DATA" {
+            if b.pipelining && !in_mail {
+                say(&mut s, b, "503 5.5.1 MAIL first\r\n").await?;
+                continue;
+            }
+            if b.pipelining && accepted == 0 && !b.data_354_without_rcpt {
+                in_mail = false;
+                say(&mut s, b, "554 5.5.1 no valid recipients\r\n").await?;
+                continue;
+            }
+            in_mail = false;
+            accepted = 0;
             say(&mut s, b, "354 go ahead\r\n").await?;
             let mut body = Vec::new();
             loop {
-                let Some(l) = read_line(&mut s, &mut buf).await else {
+                let Some(l) = read_line(&mut s, &mut buf, None).await else {
                     return Ok(());
                 };
                 if l == "." {
@@ -260,6 +324,10 @@ async fn session(
             say(&mut s, b, "221 2.0.0 bye\r\n").await?;
             return Ok(());
         } else if up == "RSET" || up == "NOOP" {
+            if up == "RSET" {
+                in_mail = false;
+                accepted = 0;
+            }
             say(&mut s, b, "250 2.0.0 ok\r\n").await?;
         } else {
             say(&mut s, b, "500 5.5.2 what\r\n").await?;
