@@ -10,6 +10,10 @@
 //! ended is tallied by the server's reply, and every message the server
 //! acknowledged is reported by its `Message-ID`, so a caller can check
 //! that none was lost.
+//!
+//! Like real MTAs, the sessions send MAIL, RCPT and DATA in one write when
+//! the server's EHLO offers PIPELINING (RFC 2920); [`LoadgenCmd`]'s
+//! `--no-pipelining` measures lockstep clients instead.
 
 use std::collections::BTreeMap;
 use std::io;
@@ -22,7 +26,24 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::watch;
 
-use super::client::Client;
+use super::client::{dot_stuff, Client, ClientReply};
+
+/// `tlsgate loadgen` on the command line: [`LoadgenArgs`] and the client
+/// behaviour that library callers leave at its default.
+#[derive(Debug, Clone, clap::Args)]
+pub struct LoadgenCmd {
+    #[command(flatten)]
+    pub args: LoadgenArgs,
+    /// Send MAIL, RCPT and DATA one by one, waiting for each reply, also
+    /// when the server offers PIPELINING.
+    #[arg(long)]
+    pub no_pipelining: bool,
+}
+
+/// Runs [`LoadgenCmd`].
+pub async fn run_cmd(cmd: LoadgenCmd) -> Result<LoadReport, String> {
+    run_with(cmd.args, !cmd.no_pipelining).await
+}
 
 /// Options of `tlsgate loadgen`.
 #[derive(Debug, Clone, clap::Args)]
@@ -200,6 +221,8 @@ struct Shared {
     run_id: String,
     next_source: AtomicUsize,
     next_message: AtomicUsize,
+    /// Pipeline when the server offers it.
+    pipelining: bool,
 }
 
 impl Shared {
@@ -232,23 +255,26 @@ async fn one_session(shared: &Shared, out: &mut GoodResult) -> Result<(), String
         return Err(format!("greeting {} {}", greet.code, greet.text));
     }
     let ehlo = format!("EHLO {}", args.ehlo);
-    c.command(&ehlo).await.map_err(|e| e.to_string())?;
+    let mut offer = c.command(&ehlo).await.map_err(|e| e.to_string())?;
     if let Some(cfg) = shared.tls.clone() {
         c = c
             .starttls(&args.ehlo, cfg)
             .await
             .map_err(|e| format!("starttls: {e}"))?;
-        c.command(&ehlo).await.map_err(|e| e.to_string())?;
+        offer = c.command(&ehlo).await.map_err(|e| e.to_string())?;
     }
+    let pipelining = shared.pipelining && offers(&offer, "PIPELINING");
     for _ in 0..args.messages {
         let n = shared.next_message.fetch_add(1, Ordering::Relaxed);
         let id = format!("loadgen.{}.{n}@tlsgate", shared.run_id);
         let body = make_message_with_id(args.size, &args.from, &args.to, &id);
         let t = Instant::now();
-        let r = c
-            .send_mail(&args.from, &[&args.to], &body)
-            .await
-            .map_err(|e| format!("message {id}: {e}"))?;
+        let r = if pipelining {
+            c.send_mail(&args.from, &[&args.to], &body).await
+        } else {
+            send_mail_lockstep(&mut c, &args.from, &args.to, &body).await
+        }
+        .map_err(|e| format!("message {id}: {e}"))?;
         if r.code == 250 {
             out.latencies.push(t.elapsed());
             out.acknowledged.push(format!("<{id}>"));
@@ -262,6 +288,43 @@ async fn one_session(shared: &Shared, out: &mut GoodResult) -> Result<(), String
         return Err(format!("QUIT answered {} {}", bye.code, bye.text));
     }
     Ok(())
+}
+
+/// True when the EHLO reply lists `keyword` (its first line is the
+/// greeting).
+fn offers(ehlo: &ClientReply, keyword: &str) -> bool {
+    ehlo.text.lines().skip(1).any(|l| {
+        l.split(' ')
+            .next()
+            .is_some_and(|w| w.eq_ignore_ascii_case(keyword))
+    })
+}
+
+/// MAIL, RCPT and DATA one at a time, each waiting for its reply; returns
+/// the reply to the end of data (or the first refusal).
+async fn send_mail_lockstep(
+    c: &mut Client,
+    from: &str,
+    to: &str,
+    body: &[u8],
+) -> io::Result<ClientReply> {
+    let r = c.command(&format!("MAIL FROM:<{from}>")).await?;
+    if !r.is_positive() {
+        return Ok(r);
+    }
+    let r = c.command(&format!("RCPT TO:<{to}>")).await?;
+    if !r.is_positive() {
+        return Ok(r);
+    }
+    let r = c.command("DATA").await?;
+    if r.code != 354 {
+        return Ok(r);
+    }
+    let mut out = Vec::with_capacity(body.len() + 64);
+    dot_stuff(body, &mut out);
+    out.extend_from_slice(b".\r\n");
+    c.send(&out).await?;
+    c.read_reply().await
 }
 
 /// Runs sessions until `until` (or one when `None`).
@@ -596,8 +659,13 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[i.min(sorted.len() - 1)]
 }
 
-/// Runs the load and returns the figures.
+/// Runs the load and returns the figures (pipelining when offered).
 pub async fn run(args: LoadgenArgs) -> Result<LoadReport, String> {
+    run_with(args, true).await
+}
+
+/// Runs the load; `pipelining`: pipeline when the server offers it.
+pub async fn run_with(args: LoadgenArgs, pipelining: bool) -> Result<LoadReport, String> {
     let tls = if args.starttls {
         Some(super::danger::accept_any_certificate().map_err(|e| e.to_string())?)
     } else {
@@ -617,6 +685,7 @@ pub async fn run(args: LoadgenArgs) -> Result<LoadReport, String> {
         run_id,
         next_source: AtomicUsize::new(0),
         next_message: AtomicUsize::new(0),
+        pipelining,
     });
     let start = Instant::now();
     let until = args.soak.duration.map(|s| start + Duration::from_secs(s));
@@ -685,4 +754,107 @@ pub async fn run(args: LoadgenArgs) -> Result<LoadReport, String> {
     report.p90 = percentile(&all, 0.90);
     report.p99 = percentile(&all, 0.99);
     Ok(report)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod tests {
+    use std::sync::Mutex;
+
+    use super::*;
+    use tokio::net::TcpListener;
+
+    /// A minimal SMTP server offering PIPELINING (or not) that records the
+    /// command lines each read brought.
+    async fn server(pipelining: bool) -> (SocketAddr, Arc<Mutex<Vec<Vec<String>>>>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let reads = Arc::new(Mutex::new(Vec::new()));
+        let r = reads.clone();
+        tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.unwrap();
+            s.write_all(b"220 test ESMTP\r\n").await.unwrap();
+            let mut buf = Vec::new();
+            let mut in_data = false;
+            loop {
+                let mut tmp = [0u8; 65536];
+                let n = s.read(&mut tmp).await.unwrap();
+                if n == 0 {
+                    return;
+                }
+                buf.extend_from_slice(&tmp[..n]);
+                let mut out = String::new();
+                let mut group = Vec::new();
+                while let Some(i) = buf.iter().position(|&c| c == b'\n') {
+                    let line: Vec<u8> = buf.drain(..=i).collect();
+                    let line = String::from_utf8_lossy(&line).trim_end().to_string();
+                    if in_data {
+                        if line == "." {
+                            in_data = false;
+                            out.push_str("250 queued\r\n");
+                        }
+                        continue;
+                    }
+                    group.push(line.clone());
+                    out.push_str(match line.split(' ').next().unwrap_or("") {
+                        "EHLO" if pipelining => "250-test\r\n250 PIPELINING\r\n",
+                        "EHLO" => "250-test\r\n250 SIZE 1000000\r\n",
+                        "DATA" => {
+                            in_data = true;
+                            "354 go on\r\n"
+                        }
+                        "QUIT" => "221 bye\r\n",
+                        _ => "250 ok\r\n",
+                    });
+                }
+                if !group.is_empty() {
+                    r.lock().unwrap().push(group);
+                }
+                s.write_all(out.as_bytes()).await.unwrap();
+            }
+        });
+        (addr, reads)
+    }
+
+    fn args(target: SocketAddr) -> LoadgenArgs {
+        LoadgenArgs {
+            target,
+            sessions: 1,
+            messages: 2,
+            size: 1024,
+            starttls: false,
+            from: "a@gen.test".into(),
+            to: "b@sink.test".into(),
+            ehlo: "gen.test".into(),
+            soak: SoakArgs::default(),
+        }
+    }
+
+    async fn groups(offer: bool, pipelining: bool) -> Vec<Vec<String>> {
+        let (addr, reads) = server(offer).await;
+        let report = run_with(args(addr), pipelining).await.unwrap();
+        assert_eq!((report.sent, report.failed), (2, 0), "{report}");
+        let g = reads.lock().unwrap().clone();
+        g
+    }
+
+    #[tokio::test]
+    async fn pipelines_when_offered() {
+        let g = groups(true, true).await;
+        let mail: Vec<_> = g.iter().filter(|g| g[0].starts_with("MAIL")).collect();
+        assert_eq!(mail.len(), 2, "{g:?}");
+        for m in mail {
+            assert_eq!(m.len(), 3, "{g:?}");
+            assert_eq!(m[2], "DATA");
+        }
+    }
+
+    #[tokio::test]
+    async fn lockstep_when_not_offered_or_not_wanted() {
+        for (offer, wanted) in [(false, true), (true, false)] {
+            let g = groups(offer, wanted).await;
+            assert!(g.iter().all(|g| g.len() == 1), "{g:?}");
+            assert_eq!(g.iter().filter(|g| g[0] == "DATA").count(), 2, "{g:?}");
+        }
+    }
 }
