@@ -45,7 +45,7 @@ enum Command {
     /// An SMTP sink for tests, demos and benchmarks.
     Sink(tlsgate::tools::sink::SinkArgs),
     /// An SMTP load generator.
-    Loadgen(tlsgate::tools::loadgen::LoadgenArgs),
+    Loadgen(tlsgate::tools::loadgen::LoadgenCmd),
 }
 
 /// Colours only on a terminal, and not when `NO_COLOR` is set and not
@@ -188,7 +188,7 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
-        Command::Loadgen(args) => match rt.block_on(tlsgate::tools::loadgen::run(args)) {
+        Command::Loadgen(args) => match rt.block_on(tlsgate::tools::loadgen::run_cmd(args)) {
             Ok(report) => {
                 println!("{report}");
                 if report.failed > 0 {
