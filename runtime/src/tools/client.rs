@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use rustls::pki_types::ServerName;
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
-use tokio::net::TcpSocket;
+use tokio::net::{TcpSocket, TcpStream};
 
 /// Any byte stream the client can run on.
 pub trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
@@ -34,21 +34,27 @@ pub struct Client {
     io: BufReader<Box<dyn Io>>,
 }
 
+/// A TCP connection to `addr` (no Nagle delay), from the local address
+/// `local` when given.
+pub async fn tcp_connect(addr: SocketAddr, local: Option<IpAddr>) -> io::Result<TcpStream> {
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    if let Some(ip) = local {
+        socket.bind(SocketAddr::new(ip, 0))?;
+    }
+    let stream = socket.connect(addr).await?;
+    stream.set_nodelay(true)?;
+    Ok(stream)
+}
+
 impl Client {
     /// Connects to `addr`, from `local` when given (e.g. `127.0.0.5` to
     /// play a particular client address on loopback).
     pub async fn connect(addr: SocketAddr, local: Option<IpAddr>) -> io::Result<Client> {
-        let socket = if addr.is_ipv4() {
-            TcpSocket::new_v4()?
-        } else {
-            TcpSocket::new_v6()?
-        };
-        if let Some(ip) = local {
-            socket.bind(SocketAddr::new(ip, 0))?;
-        }
-        let stream = socket.connect(addr).await?;
-        stream.set_nodelay(true)?;
-        Ok(Client::over(Box::new(stream)))
+        Ok(Client::over(Box::new(tcp_connect(addr, local).await?)))
     }
 
     /// A client on an existing stream.

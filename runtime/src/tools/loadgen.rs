@@ -23,10 +23,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpSocket, TcpStream};
+use tokio::net::TcpStream;
 use tokio::sync::watch;
 
-use super::client::{dot_stuff, Client, ClientReply};
+use super::client::{dot_stuff, tcp_connect, Client, ClientReply};
 
 /// `tlsgate loadgen` on the command line: [`LoadgenArgs`] and the client
 /// behaviour that library callers leave at its default.
@@ -378,18 +378,8 @@ fn label(line: &[u8]) -> String {
 
 impl Raw {
     async fn connect(target: SocketAddr, source: Option<IpAddr>) -> io::Result<Raw> {
-        let socket = if target.is_ipv4() {
-            TcpSocket::new_v4()?
-        } else {
-            TcpSocket::new_v6()?
-        };
-        if let Some(ip) = source {
-            socket.bind(SocketAddr::new(ip, 0))?;
-        }
-        let stream = socket.connect(target).await?;
-        stream.set_nodelay(true)?;
         Ok(Raw {
-            stream,
+            stream: tcp_connect(target, source).await?,
             buf: Vec::new(),
         })
     }
