@@ -1,9 +1,9 @@
 //! Spool throughput: acknowledged messages per second (commit returned,
-//! i.e. durable) with 1, 20 and 100 concurrent writers, with and without
-//! group commit.
-//!
-//! Each message is one file (`queue/<id>.qm`): written with one `write`
-//! when the body fits in `spool::MEMORY_BODY_LIMIT`, streamed otherwise.
+//! i.e. durable) with 1, 20 and 100 concurrent writers, for each
+//! `SyncMode`: a file per message (`queue/<id>.qm`) with its own or a
+//! shared directory fsync, or the journal (many messages per
+//! `fdatasync`; a body above `spool::MEMORY_BODY_LIMIT` is streamed to a
+//! file of its own in every mode).
 //!
 //! `cargo bench -p tlsgate --bench spool` (set `SPOOL_BENCH_DIR` to put the
 //! spool on the file system you want to measure; default: the system temp
@@ -97,11 +97,12 @@ fn main() {
     );
     for writers in [1usize, 20, 100] {
         for (name, mode) in [
-            ("per-message fsync", SyncMode::PerMessage),
-            ("group commit", SyncMode::Grouped),
+            ("file, own fsync", SyncMode::PerMessage),
+            ("file, shared fsync", SyncMode::Grouped),
+            ("journal", SyncMode::Journal),
         ] {
             let rate = rt.block_on(run(mode, writers, secs, body.clone()));
-            println!("{writers:>4} writers  {name:<18} {rate:>9.0} msg/s");
+            println!("{writers:>4} writers  {name:<19} {rate:>9.0} msg/s");
         }
     }
 }

@@ -27,6 +27,12 @@ pub struct Config {
     pub listen: Vec<SocketAddr>,
     /// Durable message spool.
     pub spool_dir: PathBuf,
+    /// How a message reaches the spool's disk before `250`: `journal`
+    /// (default: appended to a shared journal, one `fdatasync` for many
+    /// messages), `grouped` (a file per message, shared directory fsync) or
+    /// `per-message`. All are durable; they differ in speed.
+    #[serde(default)]
+    pub spool_commit: crate::spool::SyncMode,
     /// Machine state: highest accepted policy serial, generated identity.
     pub state_dir: PathBuf,
     /// The signed policy blob.

@@ -149,6 +149,7 @@ impl Relay {
                 bytes: config.limits.spool_floor_bytes,
                 percent: config.limits.spool_floor_percent,
             },
+            sync: config.spool_commit,
             ..Default::default()
         };
         let spool = Spool::open_with(&config.spool_dir, spool_options)

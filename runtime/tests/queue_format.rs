@@ -14,10 +14,23 @@ use policy::Enforcement;
 use queue_support::*;
 use tlsgate::policy_store::PolicyHandle;
 use tlsgate::spool::{
-    MessageId, MessageKind, MessageState, RecipientStatus, Spool, SpoolError, StoredEnvelope,
-    COMPACT_AFTER,
+    MessageId, MessageKind, MessageState, RecipientStatus, Spool, SpoolError, SpoolOptions,
+    StoredEnvelope, SyncMode, COMPACT_AFTER,
 };
 use tlsgate::transport::RecipientOutcome;
+
+/// These tests are about the file of a message, so messages are committed
+/// as files (the journal's own tests are in `queue_journal.rs`).
+async fn open_files(dir: &std::path::Path) -> Result<Spool, SpoolError> {
+    Spool::open_with(
+        dir,
+        SpoolOptions {
+            sync: SyncMode::Grouped,
+            ..SpoolOptions::default()
+        },
+    )
+    .await
+}
 
 fn relay_envelope(rcpts: &[&str]) -> tlsgate::envelope::Envelope {
     envelope("s@example.com", rcpts, "10.1.2.3", true)
@@ -26,7 +39,7 @@ fn relay_envelope(rcpts: &[&str]) -> tlsgate::envelope::Envelope {
 #[tokio::test]
 async fn interrupted_reception_is_removed_at_open() {
     let dir = tempfile::tempdir().unwrap();
-    let spool = Spool::open(dir.path()).await.unwrap();
+    let spool = open_files(dir.path()).await.unwrap();
     let id = enqueue(
         &spool,
         relay_envelope(&["a@example.com"]),
@@ -51,7 +64,7 @@ async fn interrupted_reception_is_removed_at_open() {
     )
     .unwrap();
     drop(spool);
-    let spool = Spool::open(dir.path()).await.unwrap();
+    let spool = open_files(dir.path()).await.unwrap();
     assert!(spool_dir_files(dir.path(), "incoming").is_empty());
     assert_eq!(spool.list().await.unwrap(), vec![id]);
     assert_eq!(spool_dir_files(dir.path(), "queue"), vec![name]);
@@ -60,7 +73,7 @@ async fn interrupted_reception_is_removed_at_open() {
 #[tokio::test]
 async fn damaged_queue_file_is_reported_and_kept() {
     let dir = tempfile::tempdir().unwrap();
-    let spool = Spool::open(dir.path()).await.unwrap();
+    let spool = open_files(dir.path()).await.unwrap();
     let truncated = enqueue(&spool, relay_envelope(&["a@example.com"]), &message("cut")).await;
     drop(spool);
     let path = dir.path().join("queue").join(format!("{truncated}.qm"));
@@ -75,7 +88,7 @@ async fn damaged_queue_file_is_reported_and_kept() {
     let garbage_path = dir.path().join("queue").join(format!("{garbage}.qm"));
     std::fs::write(&garbage_path, b"From: someone\r\n\r\nnot a spool file\r\n").unwrap();
 
-    let spool = Spool::open(dir.path()).await.unwrap();
+    let spool = open_files(dir.path()).await.unwrap();
     let mut listed = spool.list().await.unwrap();
     listed.sort();
     let mut want = vec![truncated, garbage];
@@ -245,6 +258,10 @@ async fn deferred_then_delivered_leaves_no_files() {
         .all(|s| s.body == body && s.message_id == id.to_string()));
     assert!(spool_dir_files(dir.path(), "queue").is_empty());
     assert!(spool_dir_files(dir.path(), "incoming").is_empty());
+    // Committed through the journal, moved to its own file when deferred;
+    // nothing of either is left once the spool is closed.
+    drop(spool);
+    assert!(spool_dir_files(dir.path(), "journal").is_empty());
 }
 
 #[tokio::test]
@@ -283,7 +300,7 @@ async fn torn_state_record_is_ignored_then_overwritten() {
 #[tokio::test]
 async fn state_records_are_compacted() {
     let dir = tempfile::tempdir().unwrap();
-    let spool = Spool::open(dir.path()).await.unwrap();
+    let spool = open_files(dir.path()).await.unwrap();
     let rcpts: Vec<String> = (0..100)
         .map(|i| format!("recipient-number-{i}@example.com"))
         .collect();

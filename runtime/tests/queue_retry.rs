@@ -412,27 +412,28 @@ async fn destination_backoff_and_operator_retry() {
         .await;
 
     // Delete and bounce through the socket.
-    let r = control::request(dir.path(), &Request::Delete { id: a })
-        .await
-        .unwrap();
-    let r = match r {
-        Response::Error { message } if message.contains("being delivered") => {
-            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-            control::request(dir.path(), &Request::Delete { id: a })
-                .await
-                .unwrap()
-        }
-        r => r,
-    };
+    let r = when_idle(dir.path(), Request::Delete { id: a }).await;
     assert!(matches!(r, Response::Done { .. }), "{r:?}");
-    let r = control::request(dir.path(), &Request::Bounce { id: b })
-        .await
-        .unwrap();
+    let r = when_idle(dir.path(), Request::Bounce { id: b }).await;
     assert!(matches!(r, Response::Done { .. }), "{r:?}");
     transport
         .wait_for("b's bounce", |s| s.mail_from.is_empty())
         .await;
     q.shutdown().await;
+}
+
+/// Sends a control request, again while the message's attempt (which
+/// ends with writing its state) is still running.
+async fn when_idle(dir: &std::path::Path, req: Request) -> Response {
+    for _ in 0..50 {
+        match control::request(dir, &req).await.unwrap() {
+            Response::Error { message } if message.contains("being delivered") => {
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+            r => return r,
+        }
+    }
+    panic!("the message stayed in flight");
 }
 
 fn transport_count(t: &Arc<Scripted>, id: &str) -> usize {

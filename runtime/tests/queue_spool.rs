@@ -42,11 +42,10 @@ async fn commit_stores_body_and_envelope() {
     assert!(!m.body_in_memory());
     assert_eq!(m.read_body().await.unwrap(), body);
     assert_eq!(m.body_len, body.len() as u64);
-    assert_eq!(m.path, spool.message_path(&id));
-    assert_eq!(
-        spool_dir_files(dir.path(), "queue"),
-        vec![format!("{id}.qm")]
-    );
+    // Committed through the journal: no file of its own yet.
+    assert!(m.path.starts_with(dir.path().join("journal")));
+    assert!(spool_dir_files(dir.path(), "queue").is_empty());
+    assert_eq!(spool.list().await.unwrap(), vec![id]);
     assert!(m
         .state
         .recipients
@@ -135,6 +134,11 @@ async fn many_writers(mode: SyncMode) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_commits_grouped() {
     many_writers(SyncMode::Grouped).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_commits_journal() {
+    many_writers(SyncMode::Journal).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -6,14 +6,21 @@
 //! incoming/<id>.qm     message being written (removed if never committed)
 //! queue/<id>.qm        a queued message: envelope, body and state records
 //!                      in one file (format in [`file`])
+//! journal/<seq>.log    messages committed through the journal (format in
+//!                      [`journal`]), until they are finished or deferred
 //! control.sock         the queue runner's control socket (see `queue::control`)
 //! ```
 //!
 //! # Commit
-//! [`Incoming::commit`] writes the file in `incoming/` (a message up to
-//! [`MEMORY_BODY_LIMIT`] is kept in memory until then and written with one
-//! `write`; a larger one is streamed as it arrives), fills in the body
-//! length, `fdatasync`s it, renames it into `queue/` and fsyncs `queue/`.
+//! A message up to [`MEMORY_BODY_LIMIT`] is kept in memory while it is
+//! received. With [`SyncMode::Journal`] (the default) [`Incoming::commit`]
+//! appends it to the [`journal`], where concurrent commits share one
+//! `write` and one `fdatasync`; the message gets a file of its own only if
+//! its first attempt leaves something to retry. Otherwise (a larger
+//! message, streamed to `incoming/` as it arrives, or another
+//! [`SyncMode`]) the commit fills in the body length of the file in
+//! `incoming/`, `fdatasync`s it, renames it into `queue/` and fsyncs
+//! `queue/`.
 //! Only then does it return the [`MessageId`]; any write, fsync or rename
 //! error is returned as an error (and the file is removed), never as a
 //! success. The whole commit is one trip to the blocking pool. With
@@ -25,20 +32,24 @@
 //!
 //! # State
 //! A message that was never deferred has no state on disk (every recipient
-//! is pending). [`Spool::save_state`] appends a record to the message's
-//! file and `fdatasync`s it; a crash during the append leaves the previous
+//! is pending). [`Spool::save_state`] of a journaled message writes it out
+//! as `queue/<id>.qm` with the state (and marks it done in the journal);
+//! otherwise it appends a record to the message's file and `fdatasync`s
+//! it; a crash during the append leaves the previous
 //! state. When the records grow past [`COMPACT_AFTER`] the file is
 //! rewritten (temp file, fsync, rename, fsync of `queue/`).
 //!
 //! # Removal
 //! [`Spool::remove_done`] (after delivery) unlinks the file without a
-//! directory fsync: a crash may bring a finished message back, which is
+//! directory fsync (a journaled message: a `D` record without an
+//! `fdatasync`): a crash may bring a finished message back, which is
 //! delivered again (at-least-once), never lost. [`Spool::remove`] (the
 //! operator's `delete`) is durable.
 //!
 //! # Recovery at [`Spool::open`]
 //! Everything in `incoming/` is removed (interrupted receptions that were
-//! never acknowledged). Files of the previous layout (`queue/<id>.env`,
+//! never acknowledged). Messages still queued in the journal are written
+//! out as `queue/<id>.qm` and the segments removed ([`journal::recover`]). Files of the previous layout (`queue/<id>.env`,
 //! `.msg`, `.state`) are converted into `queue/<id>.qm`; their leftovers
 //! without an envelope are removed, as is anything else unknown in
 //! `queue/`. A damaged file is never removed: loading it fails with
@@ -52,14 +63,17 @@
 //! [`Spool::begin_notification`], which ignores the floor and only stops at
 //! the smaller hard reserve.
 //!
-//! Submodules: [`file`] (the file format), [`id`] (message ids), [`state`]
-//! (what the queue remembers per recipient).
+//! Submodules: [`file`] (the file format), [`journal`] (the intake
+//! journal), [`id`] (message ids), [`state`] (what the queue remembers per
+//! recipient).
 
 pub mod file;
 pub mod id;
+pub mod journal;
 mod legacy;
 pub mod state;
 
+use std::collections::HashMap;
 use std::fs::File;
 use std::io::{self, Read, Write};
 use std::os::unix::fs::FileExt;
@@ -133,13 +147,19 @@ impl Default for SpaceFloor {
 }
 
 /// How commits reach the disk.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum SyncMode {
-    /// Each commit fsyncs `queue/` itself.
+    /// Each message is its own file; each commit fsyncs `queue/` itself.
     PerMessage,
-    /// Concurrent commits share one fsync of `queue/`.
-    #[default]
+    /// Each message is its own file; concurrent commits share one fsync
+    /// of `queue/`.
     Grouped,
+    /// A message received in memory is appended to the [`journal`], many
+    /// commits per `fdatasync`; a larger one is its own file as with
+    /// [`SyncMode::Grouped`].
+    #[default]
+    Journal,
 }
 
 /// Tunables of a spool.
@@ -193,6 +213,9 @@ pub struct StoredMessage {
     /// The whole file's bytes, while the spool still has them from the
     /// commit.
     cached: Option<Arc<CachedBody>>,
+    /// The message is in the journal (then `path` is the segment), not in
+    /// a file of its own.
+    journal: Option<journal::Slot>,
 }
 
 impl StoredMessage {
@@ -298,6 +321,11 @@ struct Inner {
     wake: Notify,
     /// Bytes of cached bodies.
     cached: Arc<AtomicUsize>,
+    /// The journal thread ([`SyncMode::Journal`]); stopped before the lock
+    /// is released.
+    journal: Option<journal::Journal>,
+    /// Messages in the journal, by id.
+    journaled: Mutex<HashMap<MessageId, journal::Slot>>,
     _lock: Flock<File>,
 }
 
@@ -330,11 +358,15 @@ impl Spool {
     /// through [`Spool::take_arrivals`]).
     pub async fn open_with(dir: &Path, options: SpoolOptions) -> Result<Spool, SpoolError> {
         let dir = dir.to_path_buf();
-        let (lock, queue_dir, found) = {
+        let (lock, queue_dir, found, next_segment) = {
             let dir = dir.clone();
             tokio::task::spawn_blocking(move || open_blocking(&dir))
                 .await
                 .map_err(|e| SpoolError::Io(io::Error::other(e)))??
+        };
+        let journal = match options.sync {
+            SyncMode::Journal => Some(journal::Journal::start(&dir.join("journal"), next_segment)?),
+            _ => None,
         };
         let queue_dir = Arc::new(DirSync::new(queue_dir, options.sync));
         Ok(Spool {
@@ -352,9 +384,16 @@ impl Spool {
                 ),
                 wake: Notify::new(),
                 cached: Arc::new(AtomicUsize::new(0)),
+                journal,
+                journaled: Mutex::new(HashMap::new()),
                 _lock: lock,
             }),
         })
+    }
+
+    /// The journal's counters ([`SyncMode::Journal`] only).
+    pub fn journal_stats(&self) -> Option<journal::Stats> {
+        self.inner.journal.as_ref().map(journal::Journal::stats)
     }
 
     /// The spool directory.
@@ -465,17 +504,28 @@ impl Spool {
     /// Ids of every committed message, oldest first (reads the directory).
     pub async fn list(&self) -> Result<Vec<MessageId>, SpoolError> {
         let queue = self.inner.queue.clone();
-        blocking(move || list_queue(&queue)).await
+        let mut ids = blocking(move || list_queue(&queue)).await?;
+        ids.extend(lock(&self.inner.journaled).keys().copied());
+        ids.sort_unstable();
+        ids.dedup();
+        Ok(ids)
     }
 
     /// Loads a committed message: envelope, layout and latest state.
     pub async fn load(&self, id: &MessageId) -> Result<StoredMessage, SpoolError> {
         let id = *id;
-        let path = self.message_path(&id);
+        let slot = lock(&self.inner.journaled).get(&id).copied();
+        let path = match (slot, &self.inner.journal) {
+            (Some(slot), Some(j)) => j.segment_path(slot.segment),
+            _ => self.message_path(&id),
+        };
         let p = path.clone();
-        blocking(move || load_blocking(id, p))
-            .await
-            .map_err(|e| classify(e, id, &path))
+        blocking(move || match slot {
+            Some(slot) => load_journaled(id, p, slot),
+            None => load_blocking(id, p),
+        })
+        .await
+        .map_err(|e| classify(e, id, &path))
     }
 
     /// Records a message's state durably: appends a record to its file and
@@ -483,6 +533,9 @@ impl Spool {
     /// of records the file is rewritten with only this state.
     pub async fn save_state(&self, msg: &mut StoredMessage) -> Result<(), SpoolError> {
         let record = file::state_record(&msg.state)?;
+        if msg.journal.is_some() {
+            return self.move_out(msg, record).await;
+        }
         let id = msg.id;
         let path = msg.path.clone();
         let (log_end, torn, body_end) = (msg.log_end, msg.torn, msg.body_end());
@@ -514,17 +567,90 @@ impl Spool {
         Ok(())
     }
 
+    /// A journaled message's first saved state: it leaves the journal for
+    /// a file of its own (image and state record written to `incoming/`,
+    /// fdatasynced, renamed into `queue/`, `queue/` fsynced), then a `D`
+    /// record goes to the journal. A crash in between leaves both; the
+    /// file wins at recovery.
+    async fn move_out(&self, msg: &mut StoredMessage, record: Vec<u8>) -> Result<(), SpoolError> {
+        let (Some(slot), Some(journal)) = (msg.journal, &self.inner.journal) else {
+            return Err(SpoolError::Io(io::Error::other("not a journaled message")));
+        };
+        let id = msg.id;
+        let segment = msg.path.clone();
+        let dest = self.message_path(&id);
+        let tmp = self.inner.incoming.join(format!("{id}.{EXT}"));
+        let cached = msg.cached.clone();
+        let dir = self.inner.queue_dir.clone();
+        let to = dest.clone();
+        blocking(move || {
+            let image = match cached {
+                Some(c) => c.bytes.clone(),
+                None => {
+                    let mut image = vec![0u8; slot.len as usize];
+                    File::open(&segment)?.read_exact_at(&mut image, slot.offset)?;
+                    image
+                }
+            };
+            let result = (|| {
+                let mut f = std::fs::OpenOptions::new()
+                    .write(true)
+                    .create(true)
+                    .truncate(true)
+                    .open(&tmp)?;
+                f.write_all(&image)?;
+                f.write_all(&record)?;
+                f.sync_data()?;
+                drop(f);
+                std::fs::rename(&tmp, &to)?;
+                dir.sync()
+            })();
+            if result.is_err() {
+                let _ = std::fs::remove_file(&tmp);
+            }
+            result.map(|()| image.len() as u64 + record.len() as u64)
+        })
+        .await
+        .map_err(|e| classify(e, id, &dest))
+        .map(|end| {
+            msg.body_offset -= slot.offset;
+            msg.log_end = end;
+        })?;
+        msg.path = dest;
+        msg.torn = false;
+        msg.journal = None;
+        lock(&self.inner.journaled).remove(&id);
+        journal.done(id, slot.segment);
+        Ok(())
+    }
+
     /// Removes a message from the queue durably (the operator's `delete`:
-    /// unlink, then fsync of `queue/`).
+    /// unlink, then fsync of `queue/`; or a `D` record in the journal and
+    /// its `fdatasync`).
     pub async fn remove(&self, id: &MessageId) -> Result<(), SpoolError> {
+        if let Some((slot, journal)) = self.take_journaled(id) {
+            return Ok(journal.done_durably(*id, slot.segment).await?);
+        }
         self.remove_done(id).await?;
         self.sync_queue_dir().await
     }
 
-    /// Removes a finished message: unlinks its file without waiting for
-    /// the directory to reach the disk. A crash may bring it back; it is
-    /// then delivered again (at-least-once), never lost.
+    /// Takes a message out of the journal index.
+    fn take_journaled(&self, id: &MessageId) -> Option<(journal::Slot, &journal::Journal)> {
+        let journal = self.inner.journal.as_ref()?;
+        let slot = lock(&self.inner.journaled).remove(id)?;
+        Some((slot, journal))
+    }
+
+    /// Removes a finished message: unlinks its file (or writes its `D`
+    /// record to the journal) without waiting for the disk. A crash may
+    /// bring it back; it is then delivered again (at-least-once), never
+    /// lost.
     pub async fn remove_done(&self, id: &MessageId) -> Result<(), SpoolError> {
+        if let Some((slot, journal)) = self.take_journaled(id) {
+            journal.done(*id, slot.segment);
+            return Ok(());
+        }
         // One unlink: done in place rather than paying a blocking-pool
         // round trip (as `Incoming`'s drop does).
         match std::fs::remove_file(self.message_path(id)) {
@@ -679,6 +805,11 @@ impl Incoming {
         let tmp = self.tmp.clone();
         let len_field = file::body_len_field(self.written);
         let cached = match self.file.take() {
+            None if self.spool.inner.journal.is_some() => {
+                let mut bytes = std::mem::take(&mut self.buf);
+                bytes[file::BODY_LEN_AT..file::BODY_LEN_AT + 16].copy_from_slice(&len_field);
+                return self.commit_to_journal(bytes).await;
+            }
             None => {
                 // Everything is in memory: one write.
                 let mut bytes = std::mem::take(&mut self.buf);
@@ -729,6 +860,31 @@ impl Incoming {
             log_end,
             torn: false,
             cached,
+            journal: None,
+        })
+    }
+
+    /// Appends the message's image to the journal (group commit).
+    async fn commit_to_journal(&mut self, image: Vec<u8>) -> Result<StoredMessage, SpoolError> {
+        let inner = &self.spool.inner;
+        let Some(journal) = inner.journal.as_ref() else {
+            return Err(SpoolError::Io(io::Error::other("no journal")));
+        };
+        let (slot, image) = journal.commit(self.id, image).await?;
+        lock(&inner.journaled).insert(self.id, slot);
+        let body_offset = slot.offset + self.body_offset as u64;
+        Ok(StoredMessage {
+            id: self.id,
+            state: MessageState::fresh(&self.envelope.envelope),
+            envelope: self.envelope.envelope.clone(),
+            kind: self.envelope.kind,
+            path: journal.segment_path(slot.segment),
+            body_offset,
+            body_len: self.written,
+            log_end: slot.offset + slot.len,
+            torn: false,
+            cached: CachedBody::admit(image, self.body_offset, &inner.cached),
+            journal: Some(slot),
         })
     }
 
@@ -752,6 +908,14 @@ impl Drop for Incoming {
             // blocking-pool round trip.
             let _ = std::fs::remove_file(&self.tmp);
         }
+    }
+}
+
+/// Locks a mutex, recovering it if a holder panicked.
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    match m.lock() {
+        Ok(g) => g,
+        Err(p) => p.into_inner(),
     }
 }
 
@@ -845,11 +1009,15 @@ impl DirSync {
     }
 }
 
-fn open_blocking(dir: &Path) -> Result<(Flock<File>, File, Vec<MessageId>), SpoolError> {
+type Opened = (Flock<File>, File, Vec<MessageId>, u64);
+
+fn open_blocking(dir: &Path) -> Result<Opened, SpoolError> {
     let incoming = dir.join("incoming");
     let queue = dir.join("queue");
+    let journal_dir = dir.join("journal");
     std::fs::create_dir_all(&incoming)?;
     std::fs::create_dir_all(&queue)?;
+    std::fs::create_dir_all(&journal_dir)?;
     let lock_file = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
@@ -877,8 +1045,9 @@ fn open_blocking(dir: &Path) -> Result<(Flock<File>, File, Vec<MessageId>), Spoo
 
     let queue_dir = File::open(&queue)?;
     legacy::convert(&incoming, &queue, &queue_dir)?;
+    let (_, next_segment) = journal::recover(&journal_dir, &incoming, &queue, &queue_dir)?;
     let ids = list_queue(&queue)?;
-    Ok((lock, queue_dir, ids))
+    Ok((lock, queue_dir, ids, next_segment))
 }
 
 /// The id of a message file name (`<id>.qm`).
@@ -959,6 +1128,35 @@ fn load_blocking(id: MessageId, path: PathBuf) -> io::Result<StoredMessage> {
         log_end: layout.body_end() + records.valid as u64,
         torn: records.torn,
         cached: None,
+        journal: None,
+    })
+}
+
+/// Loads a message from its image in a journal segment.
+fn load_journaled(id: MessageId, path: PathBuf, slot: journal::Slot) -> io::Result<StoredMessage> {
+    let mut image = vec![0u8; slot.len as usize];
+    File::open(&path)?.read_exact_at(&mut image, slot.offset)?;
+    let layout = file::parse_first_line(&image)?;
+    if image.len() as u64 != layout.body_end() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "journal image does not match its first line",
+        ));
+    }
+    let env_end = layout.body_offset() as usize;
+    let stored = file::parse_envelope(&image[file::HEADER_LEN..env_end])?;
+    Ok(StoredMessage {
+        id,
+        state: MessageState::fresh(&stored.envelope),
+        envelope: stored.envelope,
+        kind: stored.kind,
+        path,
+        body_offset: slot.offset + layout.body_offset(),
+        body_len: layout.body_len,
+        log_end: slot.offset + slot.len,
+        torn: false,
+        cached: None,
+        journal: Some(slot),
     })
 }
 
