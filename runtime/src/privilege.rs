@@ -78,6 +78,17 @@ pub fn identity(user: &str, group: Option<&str>) -> Result<Identity, PrivilegeEr
     Ok(Identity { uid, gid })
 }
 
+/// Makes a listening socket's accept queue as long as the system allows
+/// (`net.core.somaxconn`, 4096 on current kernels). The standard library
+/// listens with 128: a burst of connections beyond that (a flood, or many
+/// clients reconnecting at once) overflows the queue, and with SYN cookies
+/// a client whose final ACK was dropped believes it is connected and
+/// waits for a greeting that never comes.
+pub fn deepen_backlog(listener: &impl std::os::fd::AsFd) -> std::io::Result<()> {
+    nix::sys::socket::listen(listener, nix::sys::socket::Backlog::MAXALLOWABLE)
+        .map_err(std::io::Error::from)
+}
+
 /// Binds the listeners, and when running as root hands the spool and
 /// state directories to the configured user and drops to it. Must run
 /// before any other thread exists.
@@ -90,10 +101,12 @@ pub fn bind_and_drop(config: &Config) -> Result<Vec<TcpListener>, PrivilegeError
     };
     let mut listeners = Vec::new();
     for addr in &config.listen {
-        let l = TcpListener::bind(addr).map_err(|source| PrivilegeError::Listen {
-            addr: *addr,
-            source,
-        })?;
+        let l = TcpListener::bind(addr)
+            .and_then(|l| deepen_backlog(&l).map(|()| l))
+            .map_err(|source| PrivilegeError::Listen {
+                addr: *addr,
+                source,
+            })?;
         listeners.push(l);
     }
     if let Some(id) = target {

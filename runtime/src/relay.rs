@@ -105,6 +105,7 @@ impl Relay {
         for addr in &config.listen {
             let listener = tokio::net::TcpListener::bind(addr)
                 .await
+                .and_then(|l| crate::privilege::deepen_backlog(&l).map(|()| l))
                 .map_err(|source| RelayError::Listen {
                     addr: *addr,
                     source,

@@ -3,6 +3,7 @@
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
+use std::time::Duration;
 
 use rustls::pki_types::ServerName;
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
@@ -29,14 +30,36 @@ fn protocol_error(what: String) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, what)
 }
 
+/// How long a reply (or a TLS handshake) may take by default: RFC 5321
+/// section 4.5.3.2 asks clients to wait at least 5 minutes for most
+/// replies.
+pub const DEFAULT_REPLY_TIMEOUT: Duration = Duration::from_secs(300);
+/// How long a TCP connection may take to open (the kernel alone retries a
+/// lost SYN for about two minutes).
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// One SMTP client connection.
 pub struct Client {
     io: BufReader<Box<dyn Io>>,
+    reply_timeout: Duration,
+}
+
+fn timed_out(what: &str, limit: Duration) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::TimedOut,
+        format!("no {what} within {} s", limit.as_secs_f32()),
+    )
 }
 
 /// A TCP connection to `addr` (no Nagle delay), from the local address
-/// `local` when given.
+/// `local` when given; fails after [`CONNECT_TIMEOUT`].
 pub async fn tcp_connect(addr: SocketAddr, local: Option<IpAddr>) -> io::Result<TcpStream> {
+    tokio::time::timeout(CONNECT_TIMEOUT, tcp_connect_inner(addr, local))
+        .await
+        .map_err(|_| timed_out("connection", CONNECT_TIMEOUT))?
+}
+
+async fn tcp_connect_inner(addr: SocketAddr, local: Option<IpAddr>) -> io::Result<TcpStream> {
     let socket = if addr.is_ipv4() {
         TcpSocket::new_v4()?
     } else {
@@ -61,11 +84,27 @@ impl Client {
     pub fn over(io: Box<dyn Io>) -> Client {
         Client {
             io: BufReader::new(io),
+            reply_timeout: DEFAULT_REPLY_TIMEOUT,
         }
+    }
+
+    /// How long to wait for each reply and for a TLS handshake before
+    /// failing with [`io::ErrorKind::TimedOut`] (default
+    /// [`DEFAULT_REPLY_TIMEOUT`]).
+    pub fn with_reply_timeout(mut self, limit: Duration) -> Client {
+        self.reply_timeout = limit;
+        self
     }
 
     /// Reads one (possibly multi-line) reply.
     pub async fn read_reply(&mut self) -> io::Result<ClientReply> {
+        let limit = self.reply_timeout;
+        tokio::time::timeout(limit, self.read_reply_inner())
+            .await
+            .map_err(|_| timed_out("reply", limit))?
+    }
+
+    async fn read_reply_inner(&mut self) -> io::Result<ClientReply> {
         let mut text = String::new();
         let mut line = String::new();
         loop {
@@ -130,11 +169,15 @@ impl Client {
     ) -> io::Result<Client> {
         let name = ServerName::try_from(server_name.to_string())
             .map_err(|e| protocol_error(format!("bad server name `{server_name}`: {e}")))?;
+        let limit = self.reply_timeout;
         let stream = self.io.into_inner();
-        let tls = tokio_rustls::TlsConnector::from(config)
-            .connect(name, stream)
-            .await?;
-        Ok(Client::over(Box::new(tls)))
+        let tls = tokio::time::timeout(
+            limit,
+            tokio_rustls::TlsConnector::from(config).connect(name, stream),
+        )
+        .await
+        .map_err(|_| timed_out("TLS handshake", limit))??;
+        Ok(Client::over(Box::new(tls)).with_reply_timeout(limit))
     }
 
     /// MAIL, RCPTs, DATA with `body` (CRLF lines, dot-stuffed here) using

@@ -245,11 +245,17 @@ struct GoodResult {
     acknowledged: Vec<String>,
 }
 
+/// A good session fails when a reply or a handshake takes longer than
+/// this (a server that keeps a client waiting a minute has failed it; the
+/// load generator never hangs on one).
+pub const REPLY_TIMEOUT: Duration = Duration::from_secs(60);
+
 async fn one_session(shared: &Shared, out: &mut GoodResult) -> Result<(), String> {
     let args = &shared.args;
     let mut c = Client::connect(args.target, shared.source())
         .await
-        .map_err(|e| format!("connect: {e}"))?;
+        .map_err(|e| format!("connect: {e}"))?
+        .with_reply_timeout(REPLY_TIMEOUT);
     let greet = c.read_reply().await.map_err(|e| e.to_string())?;
     if greet.code != 220 {
         return Err(format!("greeting {} {}", greet.code, greet.text));
