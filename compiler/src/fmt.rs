@@ -2,9 +2,10 @@
 //!
 //! One statement per line, four-space indentation, keywords in lower case,
 //! lists joined by `, `, at most one blank line between top-level
-//! statements (kept where the author put one), comments kept where they
-//! were (whole-line comments before their statement, end-of-line comments
-//! after it). Values are written as the author wrote them, so formatting
+//! statements (kept where the author put one), comments kept with their
+//! statement (whole-line comments before it, an end-of-line comment after
+//! it; a comment inside a list continued over lines goes before the
+//! statement, since the list is joined on one line). Values are written as the author wrote them, so formatting
 //! never changes what a policy means. Formatting its own output changes
 //! nothing.
 

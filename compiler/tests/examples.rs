@@ -190,3 +190,18 @@ fn fmt_canonicalises_one_line_blocks() {
     );
     assert_eq!(tlspolc::format_str("x.tlspol", &out).unwrap(), out);
 }
+
+#[test]
+fn fmt_keeps_comments_with_their_statement() {
+    // An end-of-line comment after a list stays on its line (the list's
+    // look-ahead for a `,` must not hand it to the next statement); a
+    // comment inside a list continued over lines goes before its own
+    // statement, never before the next one.
+    let src = "policy serial 1\ndomain a.example {\n    trusted names mx.a.example, mx2.a.example # eol\n    # about the servers\n    outbound servers 192.0.2.0/24\n    trusted names one.a.example, # the first\n        two.a.example\n    validation strong\n}\n";
+    let out = tlspolc::format_str("x.tlspol", src).unwrap();
+    assert_eq!(
+        out,
+        "policy serial 1\ndomain a.example {\n    trusted names mx.a.example, mx2.a.example # eol\n    # about the servers\n    outbound servers 192.0.2.0/24\n    # the first\n    trusted names one.a.example, two.a.example\n    validation strong\n}\n"
+    );
+    assert_eq!(tlspolc::format_str("x.tlspol", &out).unwrap(), out);
+}

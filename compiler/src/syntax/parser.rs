@@ -67,8 +67,10 @@ struct Parser<'a> {
     last_end: usize,
     /// The last consumed significant token.
     last_span: Span,
-    /// Comments met inside a statement; they go before the next one.
-    pending: Vec<Comment>,
+    /// Comments met while looking ahead, each with whether it is on the
+    /// same line as the token before it; [`Parser::settle`] gives them to
+    /// the statement they belong to.
+    pending: Vec<(Comment, bool)>,
     /// The last consumed token was a `,` (a list goes on to the next line).
     after_comma: bool,
     errors: Vec<Diagnostic>,
@@ -120,7 +122,7 @@ impl<'a> Parser<'a> {
                 return Some(t);
             }
             let c = self.comment(&t);
-            self.pending.push(c);
+            self.pending.push((c, t.breaks_before == 0));
             self.pos += 1;
         }
         None
@@ -297,10 +299,37 @@ impl<'a> Parser<'a> {
             .is_some_and(|t| t.breaks_before >= 2);
         self.peek();
         Trivia {
-            before: std::mem::take(&mut self.pending),
+            before: std::mem::take(&mut self.pending)
+                .into_iter()
+                .map(|(c, _)| c)
+                .collect(),
             blank_line_before: blank,
             after: None,
         }
+    }
+
+    /// Completes the trivia of the statement just parsed (it ends at
+    /// `last_end`): comments met inside it (a list continued over lines)
+    /// join the comments before it, a comment right after it on its last
+    /// line is its end-of-line comment, and comments further on (met while
+    /// looking for a `,`) wait for the next statement.
+    fn settle(&mut self, mut trivia: Trivia) -> Trivia {
+        let end = self.last_end;
+        let mut rest = Vec::new();
+        for (c, same_line) in std::mem::take(&mut self.pending) {
+            if c.span.start < end {
+                trivia.before.push(c);
+            } else if rest.is_empty() && same_line && trivia.after.is_none() {
+                trivia.after = Some(c);
+            } else {
+                rest.push((c, same_line));
+            }
+        }
+        self.pending = rest;
+        if trivia.after.is_none() {
+            trivia.after = self.trailing_comment();
+        }
+        trivia
     }
 
     /// A comment on the same line as the statement just parsed.
@@ -354,11 +383,8 @@ impl<'a> Parser<'a> {
             let start = self.pos;
             match self.item(t) {
                 Ok(node) => {
-                    let after = self.trailing_comment();
-                    items.push(Stmt {
-                        trivia: Trivia { after, ..trivia },
-                        node,
-                    });
+                    let trivia = self.settle(trivia);
+                    items.push(Stmt { trivia, node });
                 }
                 Err(Stop) => self.recover(start, TOP_KEYWORDS, false),
             }
@@ -492,11 +518,8 @@ impl<'a> Parser<'a> {
                     let start = self.pos;
                     match entry(self, t) {
                         Ok(node) => {
-                            let after = self.trailing_comment();
-                            entries.push(Stmt {
-                                trivia: Trivia { after, ..trivia },
-                                node,
-                            });
+                            let trivia = self.settle(trivia);
+                            entries.push(Stmt { trivia, node });
                         }
                         Err(Stop) => self.recover(start, keywords, true),
                     }
