@@ -16,7 +16,8 @@
 //! record wins. A record cut short by a crash during an append is ignored
 //! (the previous state stands) and overwritten by the next append.
 
-use std::io;
+use std::io::{self, Write};
+use std::path::Path;
 
 use super::state::{MessageState, StoredEnvelope};
 
@@ -76,7 +77,8 @@ fn bad(reason: impl Into<String>) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, reason.into())
 }
 
-fn hex(field: &[u8]) -> Option<u64> {
+/// The value of a field of hex digits (`None` if it holds anything else).
+pub(super) fn hex(field: &[u8]) -> Option<u64> {
     if field.is_empty() || !field.iter().all(u8::is_ascii_hexdigit) {
         return None;
     }
@@ -105,6 +107,29 @@ pub fn parse_envelope(bytes: &[u8]) -> io::Result<StoredEnvelope> {
         return Err(bad("envelope not terminated"));
     };
     serde_json::from_slice(json).map_err(|e| bad(format!("envelope: {e}")))
+}
+
+/// Writes `parts` to `tmp` (created or truncated), `fdatasync`s it and
+/// renames it to `dest`; on failure `tmp` is removed. The caller makes the
+/// rename durable (fsync of `dest`'s directory).
+pub fn write_then_rename(tmp: &Path, dest: &Path, parts: &[&[u8]]) -> io::Result<()> {
+    let result = (|| {
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(tmp)?;
+        for part in parts {
+            f.write_all(part)?;
+        }
+        f.sync_data()?;
+        drop(f);
+        std::fs::rename(tmp, dest)
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(tmp);
+    }
+    result
 }
 
 /// FNV-1a, 64 bits: enough to tell a torn or damaged record from a good one.

@@ -46,7 +46,7 @@
 
 use std::collections::{BTreeMap, HashSet};
 use std::fs::File;
-use std::io::{self, Write};
+use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -54,7 +54,7 @@ use std::sync::{mpsc, Arc};
 
 use tokio::sync::oneshot;
 
-use super::file::fnv1a;
+use super::file::{fnv1a, hex, write_then_rename};
 use super::MessageId;
 
 /// A segment is sealed once it holds this many bytes.
@@ -130,13 +130,6 @@ pub struct Scan {
     pub damaged: u64,
     /// Bytes at the end that hold no intact record (an interrupted write).
     pub torn_tail: u64,
-}
-
-fn hex(field: &[u8]) -> Option<u64> {
-    if field.is_empty() || !field.iter().all(u8::is_ascii_hexdigit) {
-        return None;
-    }
-    u64::from_str_radix(std::str::from_utf8(field).ok()?, 16).ok()
 }
 
 /// The record at `at`, if an intact one starts there.
@@ -262,15 +255,7 @@ pub fn recover(
         let mut image = vec![0u8; r.len as usize];
         File::open(path)?.read_exact_at(&mut image, r.offset)?;
         let tmp = incoming.join(format!("{id}.{}", super::EXT));
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&tmp)?;
-        f.write_all(&image)?;
-        f.sync_data()?;
-        drop(f);
-        std::fs::rename(&tmp, &dest)?;
+        write_then_rename(&tmp, &dest, &[&image])?;
         written += 1;
     }
     if written > 0 {

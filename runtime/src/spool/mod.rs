@@ -592,23 +592,9 @@ impl Spool {
                     image
                 }
             };
-            let result = (|| {
-                let mut f = std::fs::OpenOptions::new()
-                    .write(true)
-                    .create(true)
-                    .truncate(true)
-                    .open(&tmp)?;
-                f.write_all(&image)?;
-                f.write_all(&record)?;
-                f.sync_data()?;
-                drop(f);
-                std::fs::rename(&tmp, &to)?;
-                dir.sync()
-            })();
-            if result.is_err() {
-                let _ = std::fs::remove_file(&tmp);
-            }
-            result.map(|()| image.len() as u64 + record.len() as u64)
+            file::write_then_rename(&tmp, &to, &[&image, &record])?;
+            dir.sync()?;
+            Ok(image.len() as u64 + record.len() as u64)
         })
         .await
         .map_err(|e| classify(e, id, &dest))
@@ -817,14 +803,7 @@ impl Incoming {
                 let to = dest.clone();
                 let dir = self.spool.inner.queue_dir.clone();
                 let bytes = blocking(move || {
-                    let mut f = std::fs::OpenOptions::new()
-                        .write(true)
-                        .create_new(true)
-                        .open(&tmp)?;
-                    f.write_all(&bytes)?;
-                    f.sync_data()?;
-                    drop(f);
-                    std::fs::rename(&tmp, &to)?;
+                    file::write_then_rename(&tmp, &to, &[&bytes])?;
                     dir.sync()?;
                     Ok(bytes)
                 })
