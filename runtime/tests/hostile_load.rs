@@ -206,3 +206,35 @@ async fn drip_inside_data_is_cut_by_the_session_timeout_and_not_delivered() {
     assert!(relay.running());
     assert!(relay.stop(Duration::from_secs(20)), "no clean exit");
 }
+
+/// The SMTP listener's accept queue is as deep as the kernel allows
+/// (`net.core.somaxconn`), not the standard library's 128: a burst of
+/// connections beyond the queue is dropped, and with SYN cookies such a
+/// client believes it is connected and waits for a greeting forever (the
+/// soak test hung that way). Read back through sock_diag with `ss`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listen_queue_is_as_deep_as_the_system_allows() {
+    let dir = tempfile::tempdir().unwrap();
+    let hop = peer::start("127.0.0.1:0", Behaviour::default()).await;
+    let signer = Signer::new();
+    let blob = signer.sign(&routed_policy(dir.path(), 1, hop.addr.port(), &[]));
+    let relay = start_child(dir.path(), &signer, &blob, &limits());
+    let somaxconn: u32 = std::fs::read_to_string("/proc/sys/net/core/somaxconn")
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let out = std::process::Command::new("ss")
+        .args(["-ltnH", &format!("sport = :{}", relay.addr.port())])
+        .output()
+        .expect("ss (iproute2, installed by scripts/setup)");
+    let text = String::from_utf8_lossy(&out.stdout);
+    // LISTEN <Recv-Q: waiting> <Send-Q: the backlog> <local> <peer>
+    let backlog: u32 = text
+        .split_whitespace()
+        .nth(2)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("unexpected `ss` output: {text:?}"));
+    assert_eq!(backlog, somaxconn, "{text}");
+    assert!(backlog > 128, "{text}");
+}
