@@ -49,12 +49,13 @@
 //! # Recovery at [`Spool::open`]
 //! Everything in `incoming/` is removed (interrupted receptions that were
 //! never acknowledged). Messages still queued in the journal are written
-//! out as `queue/<id>.qm` and the segments removed ([`journal::recover`]). Files of the previous layout (`queue/<id>.env`,
-//! `.msg`, `.state`) are converted into `queue/<id>.qm`; their leftovers
-//! without an envelope are removed, as is anything else unknown in
-//! `queue/`. A damaged file is never removed: loading it fails with
-//! [`SpoolError::Corrupt`], which the queue runner and `tlsgate queue list`
-//! report, and it stays for the operator.
+//! out as `queue/<id>.qm` and the segments removed ([`journal::recover`]).
+//! Files of the previous layout (`queue/<id>.env`, `.msg`, `.state`) are
+//! converted into `queue/<id>.qm`; their leftovers without an envelope are
+//! removed, as is anything else unknown in `queue/`. A damaged file is
+//! never removed: loading it fails with [`SpoolError::Corrupt`], which the
+//! queue runner and `tlsgate queue list` report, and it stays for the
+//! operator.
 //!
 //! # Disk space
 //! [`SpaceFloor`]: below it [`Spool::begin`] fails with
