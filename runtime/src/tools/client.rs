@@ -217,6 +217,12 @@ impl Client {
             }
             return Ok(data);
         }
+        self.send_data(body).await
+    }
+
+    /// After a `354`: sends `body` dot-stuffed with the final `.` and reads
+    /// the reply to the end of data.
+    pub async fn send_data(&mut self, body: &[u8]) -> io::Result<ClientReply> {
         let mut out = Vec::with_capacity(body.len() + 64);
         dot_stuff(body, &mut out);
         out.extend_from_slice(b".\r\n");

@@ -26,7 +26,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 
-use super::client::{dot_stuff, tcp_connect, Client, ClientReply};
+use super::client::{tcp_connect, Client, ClientReply};
 
 /// `tlsgate loadgen` on the command line: [`LoadgenArgs`] and the client
 /// behaviour that library callers leave at its default.
@@ -326,11 +326,7 @@ async fn send_mail_lockstep(
     if r.code != 354 {
         return Ok(r);
     }
-    let mut out = Vec::with_capacity(body.len() + 64);
-    dot_stuff(body, &mut out);
-    out.extend_from_slice(b".\r\n");
-    c.send(&out).await?;
-    c.read_reply().await
+    c.send_data(body).await
 }
 
 /// Runs sessions until `until` (or one when `None`).
